@@ -1,0 +1,43 @@
+"""Packaging for mqsync: one distribution, the SDK and its built-in source plugins."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="mqsync",
+    version="0.1.0",
+    description="A synchronous, thread-based Python SDK for MetricQ networks",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="BSD-3-Clause",
+    python_requires=">=3.9",
+    packages=find_packages(include=["mqsync", "mqsync.*"])
+    + ["mqsync_plugins"],
+    package_dir={"mqsync_plugins": "plugins"},
+    install_requires=[
+        "kombu>=5.3",
+        "pluggy>=1.0",
+        "attrs>=22.2",
+        "protobuf>=4.21",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "freezegun>=1.2",
+            "hypothesis>=6",
+            "ruff>=0.4",
+        ],
+    },
+    entry_points={
+        "console_scripts": [],
+        "mqsync.plugins": [],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Monitoring",
+    ],
+)
