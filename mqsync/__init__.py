@@ -1,0 +1,41 @@
+"""mqsync: a synchronous, thread-based Python SDK for MetricQ networks."""
+
+from ._version import __version__
+from .client import Client
+from .errors import (
+    ClientStopped,
+    ConfigError,
+    ConnectFailed,
+    InvalidMessage,
+    MqsyncError,
+    PluginError,
+    PublishFailed,
+    RPCError,
+    RPCTimeout,
+)
+from .rpc import rpc_handler
+from .sink import DurableSink, Sink
+from .source import Source
+from .timeseries import TimeAggregate, Timedelta, TimeValue, Timestamp
+
+__all__ = [
+    "Client",
+    "ClientStopped",
+    "ConfigError",
+    "ConnectFailed",
+    "DurableSink",
+    "InvalidMessage",
+    "MqsyncError",
+    "PluginError",
+    "PublishFailed",
+    "RPCError",
+    "RPCTimeout",
+    "Sink",
+    "Source",
+    "TimeAggregate",
+    "TimeValue",
+    "Timedelta",
+    "Timestamp",
+    "__version__",
+    "rpc_handler",
+]

@@ -1,0 +1,523 @@
+"""Client: a token on a MetricQ network that sends and answers RPCs.
+
+Every other role (Source, Sink, the manager) is a Client.  A Client owns one IO
+thread for its management connection and one worker thread for RPC handlers.  Its
+blocking calls (:meth:`Client.rpc`, :meth:`Client.get_metrics`, ...) hand the request to
+the IO thread and wait for the reply with a timeout, in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from ._version import __version__
+from ._worker import Worker
+from .connection import IOThread, redact_url
+from .errors import ClientStopped, ConnectFailed, InvalidMessage, MqsyncError, RPCTimeout
+from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_handler
+from .timeseries import Timestamp
+
+logger = logging.getLogger(__name__)
+
+MANAGEMENT_EXCHANGE = "metricq.management"
+BROADCAST_EXCHANGE = "metricq.broadcast"
+DATA_EXCHANGE = "metricq.data"
+HISTORY_EXCHANGE = "metricq.history"
+MAX_ROUTING_KEY_BYTES = 255
+
+
+def check_metric_name(metric: str) -> str:
+    """Return ``metric`` if it can be a MetricQ metric name (an AMQP routing key).
+
+    Raises:
+        TypeError: ``metric`` is not a string.
+        ValueError: it is empty or longer than 255 UTF-8 bytes.
+    """
+    if not isinstance(metric, str):
+        raise TypeError(f"metric name must be a str, got {type(metric).__name__}")
+    size = len(metric.encode("utf-8"))
+    if size == 0 or size > MAX_ROUTING_KEY_BYTES:
+        shown = metric if size < 60 else metric[:40] + "..."
+        raise ValueError(f"invalid metric name {shown!r}: must be 1 to {MAX_ROUTING_KEY_BYTES} "
+                         f"UTF-8 bytes, got {size}")
+    return metric
+
+
+def derive_address(management_url: str, address: str) -> str:
+    """Turn a manager's ``dataServerAddress`` into a URL with the management credentials.
+
+    ``vhost:<name>`` keeps the management URL and replaces its virtual host; a URL keeps
+    its host and takes user and password (and nothing else) from the management URL.
+    """
+    management = urlsplit(management_url)
+    if address.startswith("vhost:"):
+        vhost = address[len("vhost:"):]
+        path = "/" + quote(vhost.lstrip("/") if vhost != "/" else "", safe="")
+        if vhost == "/":
+            path = "/"
+        return urlunsplit(management._replace(path=path))
+    target = urlsplit(address)
+    if management.username is None:
+        return address
+    credentials = quote(management.username, safe="")
+    if management.password is not None:
+        credentials += ":" + quote(management.password, safe="")
+    host = target.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(target._replace(netloc=f"{credentials}@{host}"))
+
+
+class Client(RPCDispatcher):
+    """A participant of a MetricQ network, identified by its token.
+
+    Args:
+        token: this client's name on the network, e.g. ``"source-sysinfo-node01"``.
+        url: the broker, e.g. ``"amqp://user:pass@host/"``; ``None`` joins the embedded
+            in-process network (kombu's ``memory://`` transport with an in-process
+            manager), which needs no broker.
+        add_uuid: append ``.<uuid>`` to the token (transient clients such as Sinks).
+        rpc_timeout: default seconds to wait for an RPC reply.
+        connect_timeout: seconds :meth:`start` waits for the connection and registration.
+        heartbeat: AMQP heartbeat interval in seconds.
+        reconnect_timeout: seconds without a connection after which the client gives up
+            and stops with :class:`~mqsync.errors.ConnectFailed`.
+
+    Use it as a context manager (``with Client(...) as client:``), or call :meth:`start`
+    and :meth:`stop`, or :meth:`run` to serve until SIGINT/SIGTERM.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        url: str | None = None,
+        *,
+        add_uuid: bool = False,
+        rpc_timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+        heartbeat: float = 20.0,
+        reconnect_timeout: float = 60.0,
+        client_version: str | None = None,
+    ):
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise ValueError(f"invalid token {token!r}: must be a non-empty string without "
+                             "white space, e.g. 'source-sysinfo-node01'")
+        if url is not None and not isinstance(url, str):
+            raise TypeError(f"url must be a str or None, got {type(url).__name__}")
+        self.token = f"{token}.{_uuid_hex()}" if add_uuid else token
+        self._url = url
+        self._network_url: str | None = None
+        self.rpc_timeout = float(rpc_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.heartbeat = float(heartbeat)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.client_version = client_version
+        self.starting_time = Timestamp.now()
+        #: The configuration received last (``config`` RPC or registration), without
+        #: ``from_token``.
+        self.config: dict[str, Any] = {}
+        self._pending = PendingCalls(self.token)
+        self._management: IOThread | None = None
+        self._rpc_worker = Worker(f"mqsync-{self.token}-rpc")
+        self._lifecycle = threading.Lock()
+        self._state = "new"
+        self._stopped_event = threading.Event()
+        self._failure: BaseException | None = None
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._counter_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        where = redact_url(self._url) if self._url else "embedded"
+        return f"<{type(self).__name__} {self.token!r} {where} {self._state}>"
+
+    # -- names ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The broker URL with any password masked (``memory://`` when embedded)."""
+        return redact_url(self._network_url or self._url or "memory://")
+
+    @property
+    def rpc_queue(self) -> str:
+        """This client's inbox: ``<token>-rpc``."""
+        return f"{self.token}-rpc"
+
+    @property
+    def running(self) -> bool:
+        """Whether the client is started and not stopped."""
+        return self._state == "running"
+
+    # -- counters ------------------------------------------------------------------
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._counter_lock:
+            self._counters[name] += amount
+
+    def stats(self) -> dict[str, int]:
+        """Counters of what went wrong or was dropped (malformed messages, handler errors...)."""
+        with self._counter_lock:
+            counters = dict(self._counters)
+        counters["rpc_handler_errors"] = self._rpc_worker.errors
+        counters["unmatched_replies"] = self._pending.unmatched
+        if self._management is not None:
+            counters["reconnects"] = self._management.reconnects
+        return counters
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> None:
+        """Connect, register and start serving RPCs; return when ready.
+
+        Raises:
+            ConnectFailed: the broker or the manager could not be reached in time.
+            RuntimeError: the client was started before.
+        """
+        with self._lifecycle:
+            if self._state != "new":
+                raise RuntimeError(f"{self!r} cannot be started again; create a new client")
+            self._state = "starting"
+        timeout = self.connect_timeout if timeout is None else timeout
+        try:
+            self._network_url = self._url if self._url is not None else _embedded_acquire()
+            self._management = IOThread(
+                self._network_url, f"mqsync-{self.token}-mgmt", self._setup_management,
+                heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
+                connect_timeout=min(timeout, 30.0), on_fatal=self._on_fatal,
+                on_reconnect=self._on_management_reconnect,
+            )
+            self._rpc_worker.start()
+            self._management.start(timeout)
+            self._state = "running"
+            self._on_start()
+        except BaseException as error:
+            logger.error("%s: start failed: %s", self.token, error)
+            self._state = "running"  # so that stop() tears down what was built
+            self.stop(timeout=5.0)
+            raise
+        logger.info("%s: connected to %s", self.token, self.url)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush what is pending, close every connection and join every thread.
+
+        Idempotent; safe to call from any thread, including a callback of this client.
+        """
+        with self._lifecycle:
+            if self._state in ("stopping", "stopped"):
+                return
+            was_started = self._state != "new"
+            self._state = "stopping"
+        try:
+            if was_started:
+                self._on_stop(timeout)
+        except Exception:
+            logger.exception("%s: error while stopping", self.token)
+        finally:
+            self._pending.fail_all(ClientStopped(f"{self.token} stopped"))
+            if self._management is not None:
+                self._management.stop(timeout)
+            self._rpc_worker.stop(timeout)
+            if self._network_url is not None and self._url is None:
+                _embedded_release()
+                self._network_url = None
+            self._state = "stopped"
+            self._stopped_event.set()
+            logger.info("%s: stopped", self.token)
+
+    def run(self, catch_signals: Iterable[str] = ("SIGINT", "SIGTERM")) -> None:
+        """Start, serve until a signal or :meth:`stop`, then stop.
+
+        Signal handlers are installed only when called from the main thread.
+
+        Raises:
+            ConnectFailed: the start failed, or the connection was lost for good.
+        """
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in catch_signals:
+                signum = getattr(signal, name)
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            self.start()
+            while not self._stopped_event.wait(0.5) and self._failure is None:
+                pass
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self._failure is not None:
+            raise self._failure
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        logger.info("%s: received %s, stopping", self.token, signal.Signals(signum).name)
+        self._stopped_event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the client stopped (or failed); return whether it did in time."""
+        return self._stopped_event.wait(timeout)
+
+    def __enter__(self) -> Client:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def _on_start(self) -> None:
+        """Subclass hook: runs in :meth:`start` once the management connection is up."""
+
+    def _on_stop(self, timeout: float) -> None:
+        """Subclass hook: runs first in :meth:`stop` (flush data, stop data threads)."""
+
+    def _on_fatal(self, error: BaseException) -> None:
+        self._failure = error
+        self._pending.fail_all(error)
+        self._stopped_event.set()
+
+    def _on_management_reconnect(self) -> None:
+        """Subclass hook: runs on the IO thread after the management connection came back."""
+
+    def _check_running(self) -> None:
+        if self._failure is not None:
+            raise ConnectFailed(f"{self.token}: {self._failure}")
+        if self._state != "running":
+            raise ClientStopped(f"{self.token} is not running ({self._state}); call start() "
+                                "or use it as a context manager")
+
+    # -- management connection -----------------------------------------------------
+
+    def _declare_management(self, channel: Any) -> None:
+        """Check that the manager's exchanges exist (the manager overrides this)."""
+        for exchange, kind in ((MANAGEMENT_EXCHANGE, "topic"), (BROADCAST_EXCHANGE, "fanout")):
+            try:
+                channel.exchange_declare(exchange=exchange, type=kind, durable=True,
+                                         auto_delete=False, passive=True)
+            except Exception as error:
+                raise ConnectFailed(f"exchange {exchange!r} not found on {self.url}: is "
+                                    "mqsync-manager running on this network?") from error
+
+    def _setup_management(self, channel: Any) -> None:
+        self._declare_management(channel)
+        channel.queue_declare(queue=self.rpc_queue, exclusive=True, auto_delete=False,
+                              durable=False)
+        channel.queue_bind(queue=self.rpc_queue, exchange=BROADCAST_EXCHANGE, routing_key="#")
+        assert self._management is not None
+        self._management.consume(self.rpc_queue, self._on_management_message, no_ack=True)
+
+    def _on_management_message(self, message: Any) -> None:
+        """IO thread: a request goes to the RPC worker, a reply resolves its caller."""
+        properties = message.properties
+        from_token = properties.get("app_id") or ""
+        try:
+            payload = decode_json(message.body)
+        except InvalidMessage as error:
+            self._count("malformed_rpc_messages")
+            logger.warning("%s: dropped a message from %r on %s: %s", self.token,
+                           from_token or "?", self.rpc_queue, error)
+            return
+        correlation_id = properties.get("correlation_id")
+        if "function" in payload:
+            reply_to = properties.get("reply_to")
+            if not reply_to:
+                self._count("malformed_rpc_messages")
+                logger.warning("%s: RPC %r from %r has no reply_to; ignored", self.token,
+                               payload.get("function"), from_token)
+                return
+            self._rpc_worker.submit(self._serve_request, payload, from_token, correlation_id,
+                                    reply_to)
+        else:
+            self._pending.resolve(correlation_id, from_token, payload)
+
+    def _serve_request(self, payload: dict[str, Any], from_token: str,
+                       correlation_id: str | None, reply_to: str) -> None:
+        """RPC worker: run the handlers and publish the reply."""
+        function = payload.pop("function")
+        try:
+            if not isinstance(function, str):
+                raise InvalidMessage(f"'function' must be a string, got {function!r}")
+            result = self.rpc_dispatch(function, from_token=from_token, **payload)
+            reply = {} if result is None else result
+            if not isinstance(reply, Mapping):
+                raise TypeError(f"handler of {function!r} returned {type(reply).__name__}, "
+                                "expected a dict or None")
+            if "function" in reply:
+                raise TypeError(f"handler of {function!r} returned a reply with a 'function' "
+                                "key, which the receiver would take for a request")
+            body = encode_json(dict(reply))
+        except Exception as error:
+            self._count("rpc_errors_answered")
+            level = logging.WARNING if isinstance(error, (MqsyncError, TypeError)) else logging.ERROR
+            logger.log(level, "%s: RPC %r from %r failed: %s", self.token, function, from_token,
+                       error, exc_info=level == logging.ERROR)
+            body = encode_json({"error": str(error) or type(error).__name__})
+        if self._management is not None:
+            self._management.publish(body, "", reply_to, correlation_id=correlation_id,
+                                     app_id=self.token, content_type="application/json")
+
+    # -- built-in handlers ----------------------------------------------------------
+
+    @rpc_handler("discover")
+    def _on_discover(self, **_: Any) -> dict[str, Any]:
+        now = Timestamp.now()
+        response = {
+            "alive": True,
+            "currentTime": now.datetime.isoformat(),
+            "startingTime": self.starting_time.datetime.isoformat(),
+            "uptime": (now - self.starting_time).ns,
+            "metricqVersion": f"mqsync/{__version__}",
+            "pythonVersion": "{}.{}.{}".format(*sys.version_info[:3]),
+            "hostname": socket.gethostname(),
+        }
+        if self.client_version is not None:
+            response["version"] = self.client_version
+        return response
+
+    @rpc_handler("config")
+    def _on_config_store(self, from_token: str | None = None, **config: Any) -> None:
+        self.config = config
+
+    # -- calling RPCs ----------------------------------------------------------------
+
+    def rpc(self, function: str, timeout: float | None = None, **arguments: Any) -> dict[str, Any]:
+        """Call ``function`` at the manager and return its reply.
+
+        Argument names are sent as given (MetricQ uses camelCase, e.g. ``dataQueue``).
+
+        Raises:
+            RPCError: the manager answered with an error.
+            RPCTimeout: no reply within ``timeout`` (default :attr:`rpc_timeout`) seconds.
+            ClientStopped: the client is not running.
+        """
+        return self._call(MANAGEMENT_EXCHANGE, function, function, timeout, arguments)
+
+    def rpc_direct(self, token: str, function: str, timeout: float | None = None,
+                   **arguments: Any) -> dict[str, Any]:
+        """Call ``function`` at the client ``token`` (through its ``<token>-rpc`` queue)."""
+        return self._call("", f"{token}-rpc", function, timeout, arguments)
+
+    def rpc_broadcast(self, function: str, timeout: float = 2.0,
+                      **arguments: Any) -> dict[str, dict[str, Any]]:
+        """Broadcast ``function`` to every client and collect replies for ``timeout`` s.
+
+        Returns ``{token: reply}``; replies that are errors are kept as ``{"error": ...}``.
+        """
+        self._check_running()
+        replies: dict[str, dict[str, Any]] = {}
+        lock = threading.Lock()
+
+        def collect(from_token: str, reply: dict[str, Any]) -> None:
+            with lock:
+                replies[from_token] = reply
+
+        correlation_id = self._pending.new_id()
+        self._pending.expect_many(correlation_id, collect)
+        try:
+            self._publish_request(BROADCAST_EXCHANGE, function, function, correlation_id,
+                                  arguments).result(timeout)
+            time.sleep(max(0.0, timeout))
+        finally:
+            self._pending.forget(correlation_id)
+        with lock:
+            return dict(replies)
+
+    def discover(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Ask every client on the network to introduce itself; ``{token: answer}``."""
+        return self.rpc_broadcast("discover", timeout=timeout)
+
+    def get_metrics(
+        self,
+        selector: str | Sequence[str] | None = None,
+        metadata: bool = True,
+        historic: bool | None = None,
+        timeout: float | None = None,
+        prefix: str | None = None,
+        infix: str | None = None,
+        limit: int | None = None,
+        hidden: bool | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Metrics known to the manager, ``{name: metadata}`` (empty dicts without metadata).
+
+        ``selector`` is a regular expression or a list of names; ``prefix`` and ``infix``
+        filter by name, ``historic`` by whether a database keeps the metric.
+        """
+        arguments: dict[str, Any] = {"format": "object" if metadata else "array"}
+        for key, value in (("selector", selector if isinstance(selector, (str, type(None)))
+                            else list(selector)), ("historic", historic), ("prefix", prefix),
+                           ("infix", infix), ("limit", limit), ("hidden", hidden)):
+            if value is not None:
+                arguments[key] = value
+        metrics = self.rpc("get_metrics", timeout=timeout, **arguments)["metrics"]
+        if isinstance(metrics, list):
+            return {name: {} for name in metrics}
+        return dict(metrics)
+
+    def _publish_request(self, exchange: str, routing_key: str, function: str,
+                         correlation_id: str, arguments: Mapping[str, Any]) -> Future:
+        if "function" in arguments:
+            raise TypeError("RPC arguments must not contain 'function'")
+        if len(routing_key.encode("utf-8")) > MAX_ROUTING_KEY_BYTES:
+            raise ValueError(f"routing key {routing_key[:40]!r}... is longer than "
+                             f"{MAX_ROUTING_KEY_BYTES} bytes")
+        try:
+            body = encode_json({"function": function, **arguments})
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"arguments of RPC {function!r} are not JSON-serialisable: "
+                            f"{error}") from None
+        assert self._management is not None
+        return self._management.publish(body, exchange, routing_key,
+                                        correlation_id=correlation_id, reply_to=self.rpc_queue,
+                                        app_id=self.token, content_type="application/json")
+
+    def _call(self, exchange: str, routing_key: str, function: str, timeout: float | None,
+              arguments: Mapping[str, Any]) -> dict[str, Any]:
+        self._check_running()
+        timeout = self.rpc_timeout if timeout is None else timeout
+        correlation_id = self._pending.new_id()
+        reply = self._pending.expect_one(correlation_id, function)
+        try:
+            sent = self._publish_request(exchange, routing_key, function, correlation_id,
+                                         arguments)
+        except BaseException:
+            self._pending.forget(correlation_id)
+            raise
+        sent.add_done_callback(lambda done: _fail_with(reply, done))
+        try:
+            return reply.result(timeout)
+        except TimeoutError:
+            raise RPCTimeout(f"{self.token}: no reply to RPC {function!r} within "
+                             f"{timeout:g} s") from None
+        finally:
+            self._pending.forget(correlation_id)
+
+
+def _fail_with(reply: Future, sent: Future) -> None:
+    error = sent.exception()
+    if error is not None and not reply.done():
+        reply.set_exception(error)
+
+
+def _uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _embedded_acquire() -> str:
+    from . import embedded
+
+    return embedded.acquire()
+
+
+def _embedded_release() -> None:
+    from . import embedded
+
+    embedded.release()
+
+
+__all__ = ["Client", "check_metric_name", "derive_address"]

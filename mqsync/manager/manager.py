@@ -1,0 +1,251 @@
+"""mqsync-manager: the coordinator of a MetricQ network.
+
+It declares the network's exchanges and the ``management`` queue, answers the
+management RPCs of PROTOCOL.md (``source.register``, ``sink.subscribe``, ...), creates
+and binds the sinks' data queues, serves client configurations and keeps metric
+metadata.  It keeps no registry of live clients: cleanup rests on queue properties
+(``exclusive``, ``auto-delete``, ``x-expires``).
+
+Handlers run one at a time on the manager's RPC worker; queue work is handed to the
+data IO thread and waited for, so a slow broker never stalls the management inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from ..client import (
+    BROADCAST_EXCHANGE,
+    DATA_EXCHANGE,
+    HISTORY_EXCHANGE,
+    MANAGEMENT_EXCHANGE,
+    Client,
+    check_metric_name,
+)
+from ..connection import IOThread
+from ..errors import RPCError
+from ..rpc import rpc_handler
+from .store import ConfigStore, MetadataStore
+
+logger = logging.getLogger(__name__)
+
+MANAGEMENT_QUEUE = "management"
+#: Milliseconds an unused data queue lives when the subscriber gives no ``expires``.
+DEFAULT_QUEUE_EXPIRES_MS = 600_000
+
+
+class Manager(Client):
+    """The network's coordinator; run it with ``mqsync-manager`` or embed it.
+
+    Args:
+        url: the management broker URL (``memory://`` for an in-process network).
+        config: a directory of ``<token>.json`` files, one JSON/TOML file, or a
+            :class:`ConfigStore`; ``None`` serves empty configurations.
+        metadata_file: where metric metadata persists (JSON); ``None`` keeps it in memory.
+        data_url: the data broker (default: the management URL); announced to clients
+            without credentials.
+        token: the manager's own token.
+    """
+
+    def __init__(self, url: str, *, config: str | Path | ConfigStore | None = None,
+                 metadata_file: str | Path | None = None, data_url: str | None = None,
+                 token: str = "manager", **kwargs: Any):
+        super().__init__(token, url, **kwargs)
+        self.configs = config if isinstance(config, ConfigStore) else ConfigStore(config)
+        self.metadata = MetadataStore(metadata_file)
+        self._data_url = data_url or url
+        self._data: IOThread | None = None
+
+    # -- set-up --------------------------------------------------------------------
+
+    def _declare_management(self, channel: Any) -> None:
+        for exchange, kind in ((MANAGEMENT_EXCHANGE, "topic"), (BROADCAST_EXCHANGE, "fanout"),
+                               (DATA_EXCHANGE, "topic"), (HISTORY_EXCHANGE, "topic")):
+            channel.exchange_declare(exchange=exchange, type=kind, durable=True,
+                                     auto_delete=False)
+        channel.queue_declare(queue=MANAGEMENT_QUEUE, durable=True, exclusive=False,
+                              auto_delete=False)
+        channel.queue_bind(queue=MANAGEMENT_QUEUE, exchange=MANAGEMENT_EXCHANGE, routing_key="#")
+
+    def _setup_management(self, channel: Any) -> None:
+        super()._setup_management(channel)
+        assert self._management is not None
+        self._management.consume(MANAGEMENT_QUEUE, self._on_management_message, no_ack=True)
+
+    def _on_start(self) -> None:
+        self._data = IOThread(self._data_url, f"mqsync-{self.token}-data",
+                              heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
+                              on_fatal=self._on_fatal)
+        self._data.start(self.connect_timeout)
+
+    def _on_stop(self, timeout: float) -> None:
+        if self._data is not None:
+            self._data.stop(timeout)
+
+    @property
+    def data_server_address(self) -> str:
+        """The data broker as announced to clients: the URL without credentials."""
+        parts = urlsplit(self._data_url)
+        if "@" not in parts.netloc:
+            return self._data_url
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit(parts._replace(netloc=host))
+
+    def _on_data(self, operation: Any) -> Any:
+        assert self._data is not None
+        return self._data.call(operation, self.rpc_timeout)
+
+    # -- sources -------------------------------------------------------------------
+
+    @rpc_handler("source.register")
+    def _source_register(self, from_token: str, **_: Any) -> dict[str, Any]:
+        logger.info("source %s registered", from_token)
+        return {"dataServerAddress": self.data_server_address, "dataExchange": DATA_EXCHANGE,
+                "config": self.configs.get(from_token)}
+
+    @rpc_handler("source.declare_metrics")
+    def _source_declare_metrics(self, from_token: str,
+                                metrics: Mapping[str, Any] | list[str] | None = None,
+                                **_: Any) -> None:
+        if isinstance(metrics, list):
+            metrics = {name: {} for name in metrics}
+        if not isinstance(metrics, Mapping):
+            raise RPCError("source.declare_metrics needs 'metrics': an object of "
+                           "{name: metadata} or a list of names")
+        for name, metadata in metrics.items():
+            check_metric_name(name)
+            if not isinstance(metadata, Mapping):
+                raise RPCError(f"metadata of {name!r} must be an object")
+        self.metadata.declare(from_token, metrics)
+        logger.info("%s declared %d metric(s)", from_token, len(metrics))
+
+    # -- sinks ---------------------------------------------------------------------
+
+    @rpc_handler("sink.register")
+    def _sink_register(self, from_token: str, **_: Any) -> dict[str, Any]:
+        return {"dataServerAddress": self.data_server_address,
+                "config": self.configs.get(from_token)}
+
+    @rpc_handler("sink.subscribe")
+    def _sink_subscribe(self, from_token: str, metrics: Iterable[str] = (),
+                        dataQueue: str | None = None, expires: float | None = None,  # noqa: N803
+                        metadata: bool = True, **_: Any) -> dict[str, Any]:
+        names = _metric_list(metrics, "sink.subscribe")
+        queue = dataQueue or f"{from_token}-{uuid.uuid4().hex}-data"
+        arguments = self.metadata.queue_arguments(queue)
+        if arguments is None:
+            arguments = {"x-expires": _expires_ms(expires)}
+            self.metadata.set_queue_arguments(queue, arguments)
+
+        def declare_and_bind(channel: Any) -> None:
+            channel.queue_declare(queue=queue, durable=False, exclusive=False, auto_delete=True,
+                                  arguments=arguments)
+            for name in names:
+                channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
+
+        self._on_data(declare_and_bind)
+        logger.info("%s subscribed to %d metric(s) on %s", from_token, len(names), queue)
+        return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
+                "metrics": self._metrics_reply(names, metadata)}
+
+    @rpc_handler("sink.unsubscribe")
+    def _sink_unsubscribe(self, from_token: str, dataQueue: str = "",  # noqa: N803
+                          metrics: Iterable[str] = (), end: bool = True,
+                          **_: Any) -> dict[str, Any]:
+        if not dataQueue:
+            raise RPCError("sink.unsubscribe needs 'dataQueue'")
+        names = _metric_list(metrics, "sink.unsubscribe")
+
+        def unbind(channel: Any) -> None:
+            for name in names:
+                channel.queue_unbind(queue=dataQueue, exchange=DATA_EXCHANGE, routing_key=name)
+            if end:
+                message = channel.prepare_message(b"", None, None, None, None,
+                                                  {"type": "end", "delivery_mode": 1})
+                channel.basic_publish(message, exchange="", routing_key=dataQueue)
+
+        self._on_data(unbind)
+        logger.info("%s unsubscribed %d metric(s) from %s", from_token, len(names), dataQueue)
+        return {"dataServerAddress": self.data_server_address, "dataQueue": dataQueue,
+                "metrics": names}
+
+    @rpc_handler("sink.release")
+    def _sink_release(self, from_token: str, dataQueue: str = "", **_: Any) -> None:  # noqa: N803
+        if not dataQueue:
+            raise RPCError("sink.release needs 'dataQueue'")
+        self._on_data(lambda channel: channel.queue_delete(queue=dataQueue))
+        self.metadata.set_queue_arguments(dataQueue, None)
+        logger.info("%s released %s", from_token, dataQueue)
+
+    # -- history -------------------------------------------------------------------
+
+    @rpc_handler("history.register")
+    def _history_register(self, from_token: str, **_: Any) -> dict[str, Any]:
+        queue = f"{from_token}-hrsp"
+        arguments = {"x-expires": DEFAULT_QUEUE_EXPIRES_MS}
+        self._on_data(lambda channel: channel.queue_declare(
+            queue=queue, durable=False, exclusive=False, auto_delete=True, arguments=arguments))
+        return {"dataServerAddress": self.data_server_address,
+                "historyExchange": HISTORY_EXCHANGE, "historyQueue": queue,
+                "config": self.configs.get(from_token)}
+
+    # -- metrics -------------------------------------------------------------------
+
+    @rpc_handler("get_metrics")
+    def _get_metrics(self, format: str = "array", selector: str | list[str] | None = None,  # noqa: A002
+                     prefix: str | None = None, infix: str | None = None,
+                     historic: bool | None = None, hidden: bool | None = None,
+                     limit: int | None = None, **_: Any) -> dict[str, Any]:
+        if format not in ("array", "object"):
+            raise RPCError(f"get_metrics: format must be 'array' or 'object', got {format!r}")
+        items = self.metadata.items()
+        if isinstance(selector, str):
+            try:
+                pattern = re.compile(selector)
+            except re.error as error:
+                raise RPCError(f"get_metrics: invalid selector regex {selector!r}: {error}") \
+                    from None
+            items = [(n, m) for n, m in items if pattern.search(n)]
+        elif selector is not None:
+            wanted = set(_metric_list(selector, "get_metrics"))
+            items = [(n, m) for n, m in items if n in wanted]
+        if prefix is not None:
+            items = [(n, m) for n, m in items if n.startswith(prefix)]
+        if infix is not None:
+            items = [(n, m) for n, m in items if infix in n]
+        if historic is not None:
+            items = [(n, m) for n, m in items if bool(m.get("historic", False)) == historic]
+        if hidden is not None:
+            items = [(n, m) for n, m in items if bool(m.get("hidden", False)) == hidden]
+        if limit is not None:
+            if not isinstance(limit, int) or limit < 0:
+                raise RPCError(f"get_metrics: limit must be a non-negative integer, got {limit!r}")
+            items = items[:limit]
+        if format == "array":
+            return {"metrics": [name for name, _ in items]}
+        return {"metrics": dict(items)}
+
+    def _metrics_reply(self, names: list[str], metadata: bool) -> Any:
+        if not metadata:
+            return names
+        return {name: self.metadata.get(name) or {} for name in names}
+
+
+def _metric_list(metrics: Any, function: str) -> list[str]:
+    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
+        raise RPCError(f"{function} needs 'metrics': a list of metric names, got "
+                       f"{type(metrics).__name__}")
+    return [check_metric_name(name) for name in metrics]
+
+
+def _expires_ms(expires: Any) -> int:
+    if expires is None:
+        return DEFAULT_QUEUE_EXPIRES_MS
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not expires > 0:
+        raise RPCError(f"'expires' must be a positive number of seconds, got {expires!r}")
+    return max(1, int(expires * 1000))

@@ -1,0 +1,149 @@
+"""What the manager keeps: client configurations and metric metadata."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import ConfigError
+from ..state import load_state, save_state
+
+logger = logging.getLogger(__name__)
+
+#: Metadata keys that only the manager sets; a source's values for them are dropped.
+RESERVED_KEYS = frozenset({"source", "historic", "date"})
+
+
+class ConfigStore:
+    """Client configurations, looked up by token.
+
+    ``path`` is either a directory of ``<token>.json`` files or one JSON or TOML file
+    mapping tokens to configurations.  Files are read at every lookup, so an edited
+    configuration is served at the next registration without a restart.  ``None`` serves
+    the configurations given in ``configs`` (embedded networks, tests).
+    """
+
+    def __init__(self, path: str | Path | None = None,
+                 configs: Mapping[str, Mapping[str, Any]] | None = None):
+        self.path = Path(path) if path is not None else None
+        self._configs = {token: dict(config) for token, config in (configs or {}).items()}
+        if self.path is not None and not self.path.exists():
+            raise ConfigError(f"configuration path {self.path} does not exist; expected a "
+                              "directory of <token>.json files or one .json/.toml file")
+
+    def set(self, token: str, config: Mapping[str, Any]) -> None:
+        """Serve ``config`` for ``token`` (overrides the files)."""
+        self._configs[token] = dict(config)
+
+    def get(self, token: str) -> dict[str, Any]:
+        """The configuration of ``token``; ``{}`` when there is none.
+
+        Raises:
+            ConfigError: the file for ``token`` exists but is not a JSON/TOML object.
+        """
+        if token in self._configs:
+            return dict(self._configs[token])
+        if self.path is None:
+            return {}
+        if self.path.is_dir():
+            file = self.path / f"{token}.json"
+            if not file.exists():
+                return {}
+            config = _read_file(file)
+        else:
+            config = _read_file(self.path).get(token, {})
+        if not isinstance(config, dict):
+            raise ConfigError(f"configuration of {token!r} in {self.path} must be an object, "
+                              f"got {type(config).__name__}")
+        return config
+
+
+def _read_file(file: Path) -> dict[str, Any]:
+    try:
+        if file.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        else:
+            data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read configuration file {file}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {file} must hold an object, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+class MetadataStore:
+    """Metric metadata, kept in memory and, with a ``path``, in a JSON file.
+
+    The file is rewritten atomically after every change (see :mod:`mqsync.state`), so a
+    manager restarted after a crash serves the metadata it had.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._metrics: dict[str, dict[str, Any]] = {}
+        self._queues: dict[str, dict[str, Any]] = {}
+        if self.path is not None:
+            saved = load_state(self.path, dict)
+            self._metrics = dict(saved.get("metrics", {}))
+            self._queues = dict(saved.get("queues", {}))
+            logger.info("loaded metadata of %d metric(s) from %s", len(self._metrics), self.path)
+
+    def declare(self, source: str, metrics: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store metadata declared by ``source`` (reserved keys dropped, ``date`` set)."""
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        with self._lock:
+            for name, metadata in metrics.items():
+                entry = {k: v for k, v in metadata.items()
+                         if k not in RESERVED_KEYS and not k.startswith("_")}
+                entry["date"] = metadata.get("date", now)
+                entry["source"] = source
+                historic = self._metrics.get(name, {}).get("historic")
+                if historic is not None:
+                    entry["historic"] = historic
+                self._metrics[name] = entry
+            self._save()
+
+    def mark_historic(self, names: Iterable[str], historic: bool = True) -> None:
+        """Record that a database keeps ``names``."""
+        with self._lock:
+            for name in names:
+                self._metrics.setdefault(name, {})["historic"] = historic
+            self._save()
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The metadata of ``name``, or None if never declared."""
+        with self._lock:
+            entry = self._metrics.get(name)
+            return dict(entry) if entry is not None else None
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        """All metrics with their metadata, sorted by name."""
+        with self._lock:
+            return sorted((name, dict(meta)) for name, meta in self._metrics.items())
+
+    def queue_arguments(self, queue: str) -> dict[str, Any] | None:
+        """The arguments a data queue was declared with (to declare it again identically)."""
+        with self._lock:
+            arguments = self._queues.get(queue)
+            return dict(arguments) if arguments is not None else None
+
+    def set_queue_arguments(self, queue: str, arguments: Mapping[str, Any] | None) -> None:
+        """Remember (or, with None, forget) a data queue's declaration arguments."""
+        with self._lock:
+            if arguments is None:
+                self._queues.pop(queue, None)
+            else:
+                self._queues[queue] = dict(arguments)
+            self._save()
+
+    def _save(self) -> None:
+        if self.path is not None:
+            save_state({"metrics": self._metrics, "queues": self._queues}, self.path)

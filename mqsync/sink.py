@@ -1,0 +1,223 @@
+"""Sink and DurableSink: receive the data points of subscribed metrics.
+
+The data path::
+
+    data IO thread: a message from the sink's data queue -> the data worker
+    data worker: decode the chunk -> on_chunk() -> on_data() per point -> ack
+                 (a malformed chunk or a raising callback -> reject without requeue)
+
+The ack is sent only after the callback returned, so a crash loses nothing the broker
+still holds; a message that cannot be handled is dropped (logged and counted), never
+requeued in a loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable, Sequence
+
+from ._worker import Worker
+from .chunk import decode_chunk
+from .client import Client, check_metric_name, derive_address
+from .connection import IOThread
+from .errors import ClientStopped, InvalidMessage
+from .timeseries import Timedelta, Timestamp
+
+logger = logging.getLogger(__name__)
+
+
+class Sink(Client):
+    """A client that receives data points of the metrics it subscribes to.
+
+    Override :meth:`on_data` (one call per point) or, for speed, :meth:`on_chunk` (one
+    call per received chunk with lists of int-ns times and float values).  Callbacks
+    run on the sink's data worker thread, in the order the points arrived.
+
+    Args:
+        token: the sink's token; ``.<uuid>`` is appended unless ``add_uuid=False``.
+        url: the broker URL; ``None`` joins the embedded in-process network.
+        prefetch_count: messages the broker may hand over before they are acked.
+    """
+
+    def __init__(self, token: str, url: str | None = None, *, add_uuid: bool = True,
+                 prefetch_count: int = 400, **kwargs: Any):
+        super().__init__(token, url, add_uuid=add_uuid, **kwargs)
+        self.prefetch_count = prefetch_count
+        self.data_queue: str | None = None
+        self._subscribed: set[str] = set()
+        self._subscribe_args: dict[str, Any] = {}
+        self._data: IOThread | None = None
+        self._data_worker = Worker(f"mqsync-{self.token}-data")
+        self._subscription_lock = threading.Lock()
+
+    # -- callbacks -------------------------------------------------------------------
+
+    def on_data(self, metric: str, timestamp: Timestamp, value: float) -> None:
+        """Called for every received point; override it (or :meth:`on_chunk`)."""
+        raise NotImplementedError(f"{type(self).__name__} must override on_data() or on_chunk()")
+
+    def on_chunk(self, metric: str, times_ns: Sequence[int], values: Sequence[float]) -> None:
+        """Called for every received chunk; calls :meth:`on_data` per point by default."""
+        on_data = self.on_data
+        for time_ns, value in zip(times_ns, values):
+            on_data(metric, Timestamp(time_ns), value)
+
+    def on_end(self) -> None:
+        """Called when the end-of-stream marker arrives (after an unsubscribe)."""
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    @property
+    def subscribed_metrics(self) -> frozenset[str]:
+        """The metrics subscribed to now."""
+        return frozenset(self._subscribed)
+
+    def subscribe(self, metrics: Iterable[str], expires: float | Timedelta | None = None,
+                  metadata: bool | None = None, timeout: float | None = None,
+                  **arguments: Any) -> dict[str, Any]:
+        """Subscribe to ``metrics``; their points then arrive at the callbacks.
+
+        ``expires`` (seconds or a Timedelta) is how long the broker keeps the data queue
+        while nobody consumes it.  Returns the manager's reply (with the metrics'
+        metadata unless ``metadata=False``).
+
+        Raises:
+            ValueError: a metric name or ``expires`` is invalid.
+            RPCError, RPCTimeout: the manager refused or did not answer.
+        """
+        names = [check_metric_name(m) for m in _as_list(metrics)]
+        with self._subscription_lock:
+            if self.data_queue is not None:
+                arguments["dataQueue"] = self.data_queue
+            if expires is not None:
+                arguments["expires"] = _expires_seconds(expires)
+            if metadata is not None:
+                arguments["metadata"] = bool(metadata)
+            reply = self.rpc("sink.subscribe", timeout=timeout, metrics=names, **arguments)
+            self._subscribed.update(names)
+            self._subscribe_args = {k: v for k, v in arguments.items() if k != "dataQueue"}
+            if self._data is None:
+                self.data_queue = reply["dataQueue"]
+                self._start_data(reply["dataServerAddress"])
+            return reply
+
+    def unsubscribe(self, metrics: Iterable[str], timeout: float | None = None,
+                    end: bool = True) -> dict[str, Any]:
+        """Stop receiving ``metrics``; with ``end`` the end marker follows their last point."""
+        names = [check_metric_name(m) for m in _as_list(metrics)]
+        with self._subscription_lock:
+            if self.data_queue is None:
+                raise ClientStopped(f"{self.token} has no subscription to end")
+            reply = self.rpc("sink.unsubscribe", timeout=timeout, dataQueue=self.data_queue,
+                             metrics=names, end=end)
+            self._subscribed.difference_update(names)
+            return reply
+
+    # -- data connection -------------------------------------------------------------
+
+    def _start_data(self, address: str) -> None:
+        assert self._network_url is not None
+        self._data_worker.start()
+        self._data = IOThread(
+            derive_address(self._network_url, address), f"mqsync-{self.token}-data-io",
+            self._setup_data, heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
+            prefetch_count=self.prefetch_count, on_fatal=self._on_fatal)
+        self._data.start(self.connect_timeout)
+
+    def _setup_data(self, channel: Any) -> None:
+        assert self._data is not None and self.data_queue is not None
+        self._data.consume(self.data_queue, self._on_data_message, no_ack=False)
+
+    def _on_data_message(self, message: Any) -> None:
+        """Data IO thread: hand the message to the worker with its channel generation."""
+        assert self._data is not None
+        self._data_worker.submit(self._handle_data, message, self._data.generation)
+
+    def _handle_data(self, message: Any, generation: int) -> None:
+        """Data worker: decode, run the callbacks, then ack (or reject without requeue)."""
+        metric = message.delivery_info.get("routing_key", "")
+        settle = "ack"
+        try:
+            if message.properties.get("type") == "end":
+                self.on_end()
+            else:
+                times_ns, values = decode_chunk(message.body)
+                self.on_chunk(metric, times_ns, values)
+        except InvalidMessage as error:
+            settle = "reject"
+            self._count("malformed_data_messages")
+            logger.warning("%s: dropped a malformed data message for %r from %r: %s",
+                           self.token, metric, message.properties.get("app_id"), error)
+        except Exception:
+            settle = "reject"
+            self._count("data_callback_errors")
+            logger.exception("%s: callback failed on a chunk of %r; the chunk is dropped",
+                             self.token, metric)
+        self._settle(message, generation, settle)
+
+    def _settle(self, message: Any, generation: int, how: str) -> None:
+        data = self._data
+        if data is None:
+            return
+
+        def settle(channel: Any) -> None:
+            if data.generation != generation:
+                return  # the channel it came on is gone; the broker redelivers it
+            if how == "ack":
+                message.ack()
+            else:
+                message.reject(requeue=False)
+
+        data.submit(settle)
+
+    def _on_management_reconnect(self) -> None:
+        """Renew the subscription after the management connection came back."""
+        if self._subscribed and self.data_queue is not None:
+            self._rpc_worker.submit(self._resubscribe)
+
+    def _resubscribe(self) -> None:
+        with self._subscription_lock:
+            metrics = sorted(self._subscribed)
+            logger.info("%s: renewing the subscription of %d metric(s) on %s", self.token,
+                        len(metrics), self.data_queue)
+            self.rpc("sink.subscribe", metrics=metrics, dataQueue=self.data_queue,
+                     **self._subscribe_args)
+
+    def _on_stop(self, timeout: float) -> None:
+        data = self._data
+        if data is None:
+            return
+        queue = self.data_queue
+        try:
+            data.call(lambda channel: data.cancel(queue or ""), timeout)
+        except Exception as error:
+            logger.debug("%s: cancelling the consumer: %s", self.token, error)
+        self._data_worker.stop(timeout, finish=True)
+        data.stop(timeout)
+
+
+class DurableSink(Sink):
+    """A sink with a fixed token and a configuration from the manager (``sink.register``)."""
+
+    def __init__(self, token: str, url: str | None = None, **kwargs: Any):
+        kwargs.pop("add_uuid", None)
+        super().__init__(token, url, add_uuid=False, **kwargs)
+
+    def _on_start(self) -> None:
+        reply = self.rpc("sink.register")
+        self.rpc_dispatch("config", **dict(reply.get("config") or {}))
+
+
+def _as_list(metrics: Iterable[str]) -> list[str]:
+    if isinstance(metrics, str):
+        return [metrics]
+    return list(metrics)
+
+
+def _expires_seconds(expires: float | Timedelta) -> float:
+    seconds = expires.s if isinstance(expires, Timedelta) else Timedelta.coerce(
+        expires, name="expires").s
+    if not seconds > 0:
+        raise ValueError(f"expires must be a positive duration, got {expires!r}")
+    return seconds

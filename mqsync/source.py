@@ -1,0 +1,317 @@
+"""Source: publishes data points of declared metrics.
+
+The data path is short and visible::
+
+    send() -> the metric's ChunkBuffer (under one lock)
+           -> a full chunk (or one older than flush_interval) -> the data IO thread
+           -> basic_publish to metricq.data, routing key = metric
+
+``send()`` never waits for the network: it appends, and when a chunk is full hands
+the encoded payload to the IO thread.  At most ``max_pending_chunks`` payloads wait
+there; beyond that ``send()`` blocks (back-pressure) for up to ``send_timeout`` seconds
+and then raises :class:`~mqsync.errors.PublishFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Iterable, Mapping, Sequence
+
+from .chunk import ChunkBuffer
+from .client import DATA_EXCHANGE, Client, check_metric_name, derive_address
+from .connection import IOThread
+from .errors import PublishFailed
+from .timeseries import Timestamp
+
+logger = logging.getLogger(__name__)
+
+
+class Source(Client):
+    """A client that publishes data points.
+
+    Args:
+        token: the source's token, e.g. ``"source-sysinfo-node01"``.
+        url: the broker URL; ``None`` joins the embedded in-process network.
+        chunk_size: points per published chunk (default 1: every point leaves at once);
+            ``None`` sends only on :meth:`flush` or after ``flush_interval``.
+        flush_interval: seconds after which a partly filled chunk is sent anyway, so a
+            slow metric is not held back; ``None`` disables the timer.
+        max_pending_chunks: chunks that may wait for the IO thread before :meth:`send`
+            blocks.
+        send_timeout: seconds :meth:`send` blocks on a full queue before it raises.
+
+    Other keyword arguments go to :class:`~mqsync.Client`.  Override :meth:`task` for a
+    loop of your own (it runs on its own thread once the source is connected), or use
+    :class:`~mqsync.IntervalSource` for periodic updates.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        url: str | None = None,
+        *,
+        chunk_size: int | None = 1,
+        flush_interval: float | None = 1.0,
+        max_pending_chunks: int = 10_000,
+        send_timeout: float = 30.0,
+        **kwargs: Any,
+    ):
+        super().__init__(token, url, **kwargs)
+        ChunkBuffer(chunk_size)  # validates, with a message that says what is expected
+        if flush_interval is not None and not flush_interval > 0:
+            raise ValueError(f"flush_interval must be > 0 seconds or None, got {flush_interval!r}")
+        self._chunk_size = chunk_size
+        self.flush_interval = flush_interval
+        self.send_timeout = float(send_timeout)
+        self.data_exchange = DATA_EXCHANGE
+        self._buffers: dict[str, ChunkBuffer] = {}
+        self._buffer_lock = threading.Lock()
+        self._pending_chunks = threading.BoundedSemaphore(max_pending_chunks)
+        self._data: IOThread | None = None
+        self._task_thread: threading.Thread | None = None
+        #: Completed (with ``None``) when the source stops; :meth:`task` loops until then.
+        self.task_stop_future: Future = Future()
+        self._sent_points = 0
+        self._sent_chunks = 0
+
+    # -- chunking ------------------------------------------------------------------
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Points per chunk for metrics that have no size of their own."""
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int | None) -> None:
+        ChunkBuffer(value)
+        self._chunk_size = value
+
+    def __getitem__(self, metric: str) -> ChunkBuffer:
+        """The buffer of ``metric``; set ``source[metric].chunk_size`` to size it alone."""
+        with self._buffer_lock:
+            return self._buffer(metric)
+
+    def _buffer(self, metric: str) -> ChunkBuffer:
+        buffer = self._buffers.get(metric)
+        if buffer is None:
+            check_metric_name(metric)
+            buffer = self._buffers[metric] = ChunkBuffer(self._chunk_size)
+        return buffer
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def _on_start(self) -> None:
+        reply = self.rpc("source.register")
+        self.data_exchange = reply.get("dataExchange", DATA_EXCHANGE)
+        self._start_data(reply["dataServerAddress"])
+        self._dispatch_config(reply.get("config") or {})
+        if type(self).task is not Source.task:
+            self._task_thread = threading.Thread(target=self._run_task,
+                                                 name=f"mqsync-{self.token}-task", daemon=True)
+            self._task_thread.start()
+
+    def _start_data(self, address: str) -> None:
+        assert self._network_url is not None
+        url = derive_address(self._network_url, address)
+        exchange = self.data_exchange
+
+        def setup(channel: Any) -> None:
+            channel.exchange_declare(exchange=exchange, type="topic", durable=True,
+                                     auto_delete=False, passive=True)
+
+        self._data = IOThread(url, f"mqsync-{self.token}-data", setup,
+                              heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
+                              on_fatal=self._on_fatal)
+        self._data.start(self.connect_timeout)
+        if self.flush_interval is not None:
+            self._data.add_tick(self._flush_stale, min(self.flush_interval / 2, 0.5))
+
+    def _dispatch_config(self, config: Mapping[str, Any]) -> None:
+        """Hand a registration's configuration to the ``config`` handlers, in this thread."""
+        self.rpc_dispatch("config", **dict(config))
+
+    def _on_stop(self, timeout: float) -> None:
+        if not self.task_stop_future.done():
+            self.task_stop_future.set_result(None)
+        thread = self._task_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("%s: task() did not return within %g s of stop()", self.token,
+                             timeout)
+        if self._data is not None:
+            try:
+                self.flush(timeout)
+            except Exception as error:
+                logger.error("%s: data not flushed at stop: %s", self.token, error)
+            self._data.stop(timeout)
+
+    def task(self) -> None:
+        """Override with a loop that sends data until :attr:`task_stop_future` is done.
+
+        Runs on its own thread after the source connected and got its configuration.  An
+        exception is logged; the source keeps serving RPCs.
+        """
+
+    def _run_task(self) -> None:
+        try:
+            self.task()
+        except Exception:
+            self._count("task_errors")
+            logger.exception("%s: task() failed", self.token)
+
+    # -- metrics -------------------------------------------------------------------
+
+    def declare_metrics(self, metrics: Mapping[str, Mapping[str, Any]] | Iterable[str],
+                        timeout: float | None = None) -> None:
+        """Tell the manager which metrics this source produces, with their metadata.
+
+        ``metrics`` maps names to metadata (``unit``, ``rate``, ``description``, ...), or
+        is a list of names.  Each metric's ``chunkSize`` is added unless given.
+
+        Raises:
+            ValueError: a metric name is invalid.
+            RPCError, RPCTimeout: the manager refused or did not answer.
+        """
+        if isinstance(metrics, Mapping):
+            declared: dict[str, dict[str, Any]] = {}
+            for name, metadata in metrics.items():
+                check_metric_name(name)
+                if not isinstance(metadata, Mapping):
+                    raise TypeError(f"metadata of {name!r} must be a dict, got "
+                                    f"{type(metadata).__name__}")
+                entry = dict(metadata)
+                entry.setdefault("chunkSize", self[name].chunk_size)
+                declared[name] = entry
+        else:
+            declared = {check_metric_name(name): {"chunkSize": self[name].chunk_size}
+                        for name in metrics}
+        self.rpc("source.declare_metrics", timeout=timeout, metrics=declared)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, metric: str, time: Timestamp | int, value: float) -> None:
+        """Buffer one data point; publish the metric's chunk when it is full.
+
+        ``time`` is a :class:`~mqsync.Timestamp` or int nanoseconds since the epoch.
+
+        Raises:
+            PublishFailed: the source is not running, or the IO thread fell behind for
+                longer than ``send_timeout``.
+            TypeError, ValueError: a bad metric name, time or value.
+        """
+        time_ns = time.posix_ns if type(time) is Timestamp else _as_ns(time)
+        if type(value) is not float:
+            value = _as_float(value)
+        with self._buffer_lock:
+            buffer = self._buffers.get(metric) or self._buffer(metric)
+            if buffer.append(time_ns, value):
+                self._publish(metric, buffer)
+
+    def send_many(self, metric: str, times: Sequence[Timestamp | int],
+                  values: Sequence[float]) -> None:
+        """Buffer many points of one metric at once (times as Timestamps or int ns)."""
+        times_ns = [t.posix_ns if type(t) is Timestamp else _as_ns(t) for t in times]
+        floats = [v if type(v) is float else _as_float(v) for v in values]
+        with self._buffer_lock:
+            buffer = self._buffers.get(metric) or self._buffer(metric)
+            if buffer.extend(times_ns, floats):
+                self._publish(metric, buffer)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Publish every buffered point now and wait until the IO thread sent them.
+
+        Raises:
+            PublishFailed: not everything was sent within ``timeout`` seconds.
+        """
+        with self._buffer_lock:
+            for metric, buffer in self._buffers.items():
+                if len(buffer):
+                    self._publish(metric, buffer)
+        if self._data is None:
+            return
+        try:
+            self._data.call(lambda channel: None, self.send_timeout if timeout is None else timeout)
+        except Exception as error:
+            raise PublishFailed(f"{self.token}: flush did not complete: {error}") from error
+
+    @property
+    def sent_points(self) -> int:
+        """Points handed to the broker so far."""
+        return self._sent_points
+
+    def _publish(self, metric: str, buffer: ChunkBuffer, wait: bool = True) -> None:
+        """Under the buffer lock: hand the buffer's chunk to the IO thread.
+
+        With ``wait=False`` (on the IO thread itself) a full hand-over queue leaves the
+        points buffered for the next try instead of blocking.
+        """
+        data = self._data
+        if data is None or not data.alive or self._state != "running":
+            raise PublishFailed(f"{self.token}: cannot send to {metric!r}: the source is "
+                                f"{self._failure or self._state}")
+        points = len(buffer)
+        if not wait:
+            if not self._pending_chunks.acquire(blocking=False):
+                return
+        elif not self._pending_chunks.acquire(timeout=self.send_timeout):
+            buffer.take()
+            self._count("lost_points", points)
+            raise PublishFailed(f"{self.token}: the IO thread did not take a chunk for "
+                                f"{self.send_timeout:g} s; {points} points of {metric!r} lost")
+        payload = buffer.take()
+        exchange = self.data_exchange
+        slot = [self._pending_chunks.release]  # released once, even if the publish is retried
+
+        def publish(channel: Any) -> None:
+            try:
+                channel.basic_publish(
+                    channel.prepare_message(payload, None, None, None, None, _TRANSIENT),
+                    exchange=exchange, routing_key=metric)
+                self._sent_points += points
+                self._sent_chunks += 1
+            finally:
+                if slot:
+                    slot.pop()()
+
+        data.submit(publish)
+
+    def _flush_stale(self) -> None:
+        """IO thread tick: publish chunks whose first point waited ``flush_interval``."""
+        horizon = time.monotonic() - (self.flush_interval or 0.0)
+        # A sender may hold the lock while it waits for this very thread to take a chunk:
+        # never wait for it here; the next tick tries again.
+        if not self._buffer_lock.acquire(blocking=False):
+            return
+        try:
+            for metric, buffer in self._buffers.items():
+                oldest = buffer.oldest_monotonic
+                if oldest is not None and oldest <= horizon:
+                    self._publish(metric, buffer, wait=False)
+        finally:
+            self._buffer_lock.release()
+
+
+_TRANSIENT = {"delivery_mode": 1}
+
+
+def _as_ns(time: Any) -> int:
+    if isinstance(time, Timestamp):
+        return time.posix_ns
+    if isinstance(time, int) and not isinstance(time, bool):
+        return time
+    raise TypeError(f"time must be a Timestamp or int nanoseconds since the epoch, got "
+                    f"{type(time).__name__} {time!r}")
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"value must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"value must be a real number, got {type(value).__name__} "
+                        f"{value!r}") from None
