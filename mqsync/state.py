@@ -1,0 +1,318 @@
+"""Persistent state for sources run from cron (``mqsync-source --once``).
+
+A source that runs, publishes and exits needs to remember where it stopped (the
+timestamp of the last record it read, a file offset, ...).  This module keeps such
+a state as a small JSON document in a state directory:
+
+* :func:`save_state` writes it **atomically**: the JSON goes to a temporary file in
+  the same directory, which is flushed and ``fsync``-ed, then renamed over the old
+  file with :func:`os.replace`, and the directory is ``fsync``-ed.  A crash (even
+  ``kill -9`` or a power cut) at any moment leaves either the old or the new state,
+  never a mix.
+* :func:`load_state` returns the saved state, the default state when there is none,
+  and the default state when the file is damaged: the damaged file is logged as an
+  error and renamed aside to ``<name>.corrupt-<timestamp>`` so it can be inspected.
+* :class:`StateMixin` gives a source the three methods of n6's
+  ``CollectorWithStateMixin``: ``load_state()``, ``save_state(state)`` and
+  ``make_default_state()``.
+
+The format is JSON, never pickle: a state file is data, not code, and a human can read
+and repair it.  The document is wrapped in an envelope
+(``{"mqsync_state": 1, "saved_at": ..., "state": ...}``) so that a truncated file can
+never parse as a different, valid state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+from mqsync.errors import MqsyncError
+
+__all__ = [
+    "STATE_FORMAT_VERSION",
+    "StateError",
+    "StateMixin",
+    "default_state_dir",
+    "load_state",
+    "save_state",
+    "state_file_path",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT_VERSION = 1
+"""The version written in every state file's envelope."""
+
+_ENVELOPE_KEY = "mqsync_state"
+_TEMP_SUFFIX = ".tmp"
+# A temporary file left by a process killed mid-write is removed once it is this old.
+# A save takes milliseconds, so an older temporary file belongs to no live writer.
+_STALE_TEMP_SECONDS = 60.0
+
+
+class StateError(MqsyncError):
+    """A state file could not be used and was not moved aside (e.g. a newer format)."""
+
+
+def default_state_dir() -> Path:
+    """Return the directory for state files.
+
+    ``$MQSYNC_STATE_DIR`` if set, else ``$XDG_STATE_HOME/mqsync`` if that is an absolute
+    path, else ``~/.local/state/mqsync`` (the XDG base directory default).
+    """
+    explicit = os.environ.get("MQSYNC_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "mqsync"
+    return Path.home() / ".local" / "state" / "mqsync"
+
+
+def state_file_path(name: str, state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the state file for ``name`` (a token or class name) in ``state_dir``.
+
+    The name is percent-encoded, so any token maps to one distinct file name and no
+    name can escape the directory. Raises :class:`ValueError` for an empty name.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"invalid state name {name!r}: expected a non-empty string")
+    directory = Path(state_dir) if state_dir is not None else default_state_dir()
+    return directory / (quote(name, safe="") + ".json")
+
+
+def _check_encodable(value: Any, where: str, active: set[int]) -> None:
+    """Raise TypeError naming the first value in ``value`` that JSON cannot round-trip."""
+    if value is None or isinstance(value, (str, int, float)):
+        return
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in active:
+            raise TypeError(f"state is not JSON-serializable: {where} refers back to itself")
+        active.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"state is not JSON-serializable: {where} has a key {key!r} of type "
+                        f"{type(key).__name__}; keys must be str (JSON would turn it into a "
+                        "string and the loaded state would differ)"
+                    )
+                _check_encodable(item, f"{where}[{key!r}]", active)
+        else:
+            for index, item in enumerate(value):
+                _check_encodable(item, f"{where}[{index}]", active)
+        active.discard(id(value))
+        return
+    raise TypeError(
+        f"state is not JSON-serializable: {where} is of type {type(value).__name__}; "
+        "expected dict, list, tuple, str, int, float, bool or None"
+    )
+
+
+def _encode(state: Any) -> bytes:
+    _check_encodable(state, "state", set())
+    envelope = {
+        _ENVELOPE_KEY: STATE_FORMAT_VERSION,
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "state": state,
+    }
+    return (json.dumps(envelope, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable. Not possible (nor needed) on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_state(state: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``state`` to ``path`` as JSON, atomically and durably.
+
+    The state must consist of dicts with str keys, lists, tuples (loaded back as
+    lists), str, int, float, bool and None. Missing parent directories are created.
+
+    :raises TypeError: the state holds something else; the message names where it is.
+        Nothing is written in that case.
+    :raises OSError: the file could not be written; the old state is left intact.
+    """
+    data = _encode(state)  # before touching any file
+    target = Path(path)
+    directory = target.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+    _fsync_directory(directory)
+
+
+def _remove_stale_temp_files(path: Path, older_than: float = _STALE_TEMP_SECONDS) -> int:
+    """Remove temporary files of ``path`` left by killed writers; return how many."""
+    removed = 0
+    now = time.time()
+    try:
+        candidates = list(path.parent.glob(f".{path.name}.*{_TEMP_SUFFIX}"))
+    except OSError:
+        return 0
+    for candidate in candidates:
+        try:
+            if now - candidate.stat().st_mtime >= older_than:
+                candidate.unlink()
+                removed += 1
+        except OSError:
+            pass  # gone already, or not ours to remove
+    return removed
+
+
+def _move_aside(path: Path, sidecar_suffixes: tuple[str, ...] = ()) -> Path:
+    """Rename a damaged ``path`` to ``<name>.corrupt-<UTC timestamp>`` and return the new path.
+
+    Files named ``path`` + suffix (e.g. SQLite's ``-wal`` and ``-shm``) move along
+    with it, keeping the same suffix, so tools can still open the set together.
+    """
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    counter = 0
+    while aside.exists():
+        counter += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+    os.replace(path, aside)
+    for suffix in sidecar_suffixes:
+        sidecar = Path(str(path) + suffix)
+        if sidecar.exists():
+            os.replace(sidecar, Path(str(aside) + suffix))
+    return aside
+
+
+def _decode(data: bytes) -> Any:
+    """Return the state in ``data``; raise ValueError if it is not a valid state file."""
+    if not data.strip():
+        raise ValueError("the file is empty")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(document, dict) or _ENVELOPE_KEY not in document or "state" not in document:
+        raise ValueError(f"not an mqsync state file (no {_ENVELOPE_KEY!r} envelope)")
+    version = document[_ENVELOPE_KEY]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"invalid format version {version!r}")
+    if version > STATE_FORMAT_VERSION:
+        raise StateError(
+            f"state format version {version} is newer than this mqsync reads "
+            f"({STATE_FORMAT_VERSION}); upgrade mqsync or remove the file"
+        )
+    return document["state"]
+
+
+def _load(
+    path: str | os.PathLike[str], default_factory: Callable[[], Any] | None
+) -> tuple[Any, Path | None]:
+    """Load the state at ``path``; return it and where a damaged file was moved, if any."""
+    target = Path(path)
+    _remove_stale_temp_files(target)
+
+    def default() -> Any:
+        return default_factory() if default_factory is not None else None
+
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return default(), None
+    try:
+        return _decode(data), None
+    except StateError as exc:
+        raise StateError(f"cannot use state file {target}: {exc}") from None
+    except ValueError as problem:
+        aside = _move_aside(target)
+        logger.error(
+            "state file %s is damaged (%s): moved it aside to %s and starting from the "
+            "default state",
+            target,
+            problem,
+            aside,
+        )
+        return default(), aside
+
+
+def load_state(
+    path: str | os.PathLike[str], default_factory: Callable[[], Any] | None = None
+) -> Any:
+    """Return the state saved at ``path``.
+
+    A missing file gives ``default_factory()`` (``None`` without a factory). An empty,
+    truncated or otherwise invalid file is logged as an error naming it, renamed aside to
+    ``<name>.corrupt-<timestamp>``, and the default state is returned.
+
+    :raises StateError: the file was written by a newer mqsync (it is left in place).
+    :raises OSError: the file exists but cannot be read (e.g. permissions).
+    """
+    return _load(path, default_factory)[0]
+
+
+class StateMixin:
+    """Give a source persistent state, as n6's ``CollectorWithStateMixin`` does.
+
+    Call :meth:`load_state` before collecting and :meth:`save_state` after each update
+    (to resume right after a crash) or before exiting. Override
+    :meth:`make_default_state` for the state of the first run. The file is
+    ``<state_dir>/<state_name>.json``; both are attributes that may be set on the class
+    or the instance:
+
+    * ``state_dir``: ``None`` (the default) means :func:`default_state_dir`.
+    * ``state_name``: ``None`` means the instance's ``token`` if it has one, else the
+      class name.
+
+    The mixin has no ``__init__``, so it combines with any base class.
+    After :meth:`load_state`, ``state_recovered_from`` is the path a damaged state file
+    was moved to, or ``None``.
+    """
+
+    state_dir: str | os.PathLike[str] | None = None
+    state_name: str | None = None
+    state_recovered_from: Path | None = None
+
+    @property
+    def state_path(self) -> Path:
+        """The file this object's state is kept in."""
+        name = self.state_name or getattr(self, "token", None) or type(self).__name__
+        return state_file_path(name, self.state_dir)
+
+    def make_default_state(self) -> Any:
+        """Return the state of a first run (or after a damaged file). ``None`` by default."""
+        return None
+
+    def load_state(self) -> Any:
+        """Return the saved state, or :meth:`make_default_state` if there is none or it is
+        damaged (see :func:`load_state`)."""
+        state, self.state_recovered_from = _load(self.state_path, self.make_default_state)
+        return state
+
+    def save_state(self, state: Any) -> None:
+        """Save ``state`` atomically (see :func:`save_state`)."""
+        save_state(state, self.state_path)
