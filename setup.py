@@ -13,7 +13,7 @@ setup(
     long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="BSD-3-Clause",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["mqsync", "mqsync.*"])
     + ["mqsync_plugins"],
     package_dir={"mqsync_plugins": "plugins"},
@@ -23,6 +23,7 @@ setup(
         "attrs>=22.2",
         "protobuf>=4.21",
         "psutil>=5.9",
+        'tomli>=2; python_version<"3.11"',
     ],
     extras_require={
         "test": [
@@ -33,7 +34,9 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "mqsync-manager = mqsync.cli.manager:main",
+        ],
         "mqsync.plugins": [],
     },
     classifiers=[

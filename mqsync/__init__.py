@@ -13,7 +13,9 @@ from .errors import (
     RPCError,
     RPCTimeout,
 )
+from .interval_source import IntervalSource
 from .rpc import rpc_handler
+from .scheduler import TooManyFailures
 from .sink import DurableSink, Sink
 from .source import Source
 from .timeseries import TimeAggregate, Timedelta, TimeValue, Timestamp
@@ -24,6 +26,7 @@ __all__ = [
     "ConfigError",
     "ConnectFailed",
     "DurableSink",
+    "IntervalSource",
     "InvalidMessage",
     "MqsyncError",
     "PluginError",
@@ -36,6 +39,7 @@ __all__ = [
     "TimeValue",
     "Timedelta",
     "Timestamp",
+    "TooManyFailures",
     "__version__",
     "rpc_handler",
 ]

@@ -207,7 +207,9 @@ class Source(Client):
         if type(value) is not float:
             value = _as_float(value)
         with self._buffer_lock:
-            buffer = self._buffers.get(metric) or self._buffer(metric)
+            buffer = self._buffers.get(metric)
+            if buffer is None:  # (an empty buffer is falsy: compare with None)
+                buffer = self._buffer(metric)
             if buffer.append(time_ns, value):
                 self._publish(metric, buffer)
 
@@ -217,7 +219,9 @@ class Source(Client):
         times_ns = [t.posix_ns if type(t) is Timestamp else _as_ns(t) for t in times]
         floats = [v if type(v) is float else _as_float(v) for v in values]
         with self._buffer_lock:
-            buffer = self._buffers.get(metric) or self._buffer(metric)
+            buffer = self._buffers.get(metric)
+            if buffer is None:
+                buffer = self._buffer(metric)
             if buffer.extend(times_ns, floats):
                 self._publish(metric, buffer)
 
@@ -250,7 +254,7 @@ class Source(Client):
         points buffered for the next try instead of blocking.
         """
         data = self._data
-        if data is None or not data.alive or self._state != "running":
+        if data is None or not data.alive or self._state not in ("running", "stopping"):
             raise PublishFailed(f"{self.token}: cannot send to {metric!r}: the source is "
                                 f"{self._failure or self._state}")
         points = len(buffer)

@@ -1,13 +1,20 @@
-"""Shared fixtures: the broker URL, per-test isolation and a thread-leak check."""
+"""Shared fixtures: the broker (a vhost of its own per test session), a manager on it,
+per-test unique names and a thread-leak check."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -24,19 +31,97 @@ def _broker_answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def broker_url() -> str:
-    """The RabbitMQ URL for broker tests.
-
-    Without a broker the test is skipped on a developer's machine, but fails in CI
-    (``CI=true``): a broker test that did not run must never count as passed there.
-    """
+def require_broker() -> None:
+    """Skip (on a developer's machine) or fail (in CI) when no broker answers."""
     if not _broker_answers(BROKER_URL):
         message = f"no RabbitMQ answers at {urlsplit(BROKER_URL).netloc.split('@')[-1]}"
         if IN_CI:
-            pytest.fail(message + " (CI=true: broker tests must run)")
+            pytest.fail(message + " (CI=true: broker tests must run, not skip)")
         pytest.skip(message)
-    return BROKER_URL
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        return False
+    result = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=60)
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def broker_url():
+    """A RabbitMQ URL on a virtual host of this test session's own.
+
+    MetricQ's exchange and queue names are fixed, so a fresh vhost keeps this session's
+    manager and clients apart from anything else on the broker.  Where rabbitmqctl is not
+    available (a remote MQSYNC_TEST_URL), the URL is used as given.
+    """
+    require_broker()
+    vhost = f"mqsync-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    parts = urlsplit(BROKER_URL)
+    user = parts.username or "guest"
+    if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl("set_permissions", "-p", vhost,
+                                                          user, ".*", ".*", ".*"):
+        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+        _rabbitmqctl("delete_vhost", vhost)
+    else:
+        yield BROKER_URL
+
+
+class ManagerProcess:
+    """``mqsync-manager`` running as a subprocess on the session's vhost."""
+
+    def __init__(self, url: str, config_dir: Path, metadata_file: Path):
+        self.url = url
+        self.config_dir = config_dir
+        self.metadata_file = metadata_file
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mqsync.cli.manager", "--url", url, "--config",
+             str(config_dir), "--metadata-file", str(metadata_file), "--log-level", "info"],
+            stderr=subprocess.PIPE, text=True)
+
+    def set_config(self, token: str, config: dict) -> None:
+        """Serve ``config`` to ``token`` from the next registration on."""
+        (self.config_dir / f"{token}.json").write_text(json.dumps(config))
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import mqsync
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mqsync-manager exited: {self.process.stderr.read()}")
+            try:
+                with mqsync.Client(f"probe-{uuid.uuid4().hex[:6]}", self.url,
+                                   connect_timeout=5) as probe:
+                    probe.get_metrics(timeout=5)
+                return
+            except mqsync.MqsyncError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def manager(broker_url, tmp_path_factory):
+    """``mqsync-manager`` serving the session's vhost, as a subprocess."""
+    directory = tmp_path_factory.mktemp("manager")
+    (directory / "clients").mkdir()
+    process = ManagerProcess(broker_url, directory / "clients", directory / "metadata.json")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture

@@ -65,7 +65,10 @@ class ConfigStore:
 def _read_file(file: Path) -> dict[str, Any]:
     try:
         if file.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         else:

@@ -1,0 +1,91 @@
+"""IntervalSource: a Source whose ``update()`` runs on a drift-free schedule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .scheduler import Clock, Scheduler, SchedulerStats, TooManyFailures
+from .source import Source
+from .timeseries import Timedelta
+
+logger = logging.getLogger(__name__)
+
+
+class IntervalSource(Source):
+    """A Source that calls :meth:`update` every :attr:`period`.
+
+    Updates run on a fixed grid ``t0 + k·period`` of the monotonic clock, on the source's
+    task thread, so neither the time an update takes nor sleep jitter accumulate.  A slot
+    missed because an update overran (or the machine stalled) is skipped and counted,
+    never caught up in a burst.  An update that raises is logged and counted and the
+    schedule goes on; after ``max_consecutive_failures`` failures in a row the source
+    stops with :class:`~mqsync.scheduler.TooManyFailures`.
+
+    Args:
+        period: seconds, a :class:`~mqsync.Timedelta` or a duration string; ``None``
+            waits until one is set (typically from the ``config`` RPC handler).
+        align: put the grid on wall-clock multiples of the period (plus ``offset``), so
+            many hosts sample at the same instants.
+        offset: shift of the aligned grid.
+        max_consecutive_failures: give up after this many failed updates in a row.
+        clock: the scheduler's clock (tests inject a fake one).
+
+    Example::
+
+        class Dummy(mqsync.IntervalSource):
+            @mqsync.rpc_handler("config")
+            def on_config(self, rate: float = 1.0, **config):
+                self.period = 1 / rate
+                self.declare_metrics({"example.dummy": {"rate": rate, "unit": ""}})
+
+            def update(self):
+                self.send("example.dummy", mqsync.Timestamp.now(), random.random())
+    """
+
+    def __init__(self, token: str, url: str | None = None, period: Any = None, *,
+                 align: bool = False, offset: Any = 0,
+                 max_consecutive_failures: int | None = None, clock: Clock | None = None,
+                 **kwargs: Any):
+        super().__init__(token, url, **kwargs)
+        self._scheduler = Scheduler(
+            _period(period), align=align, offset=_period(offset) or 0,
+            max_consecutive_failures=max_consecutive_failures, clock=clock, name=self.token)
+
+    @property
+    def period(self) -> Timedelta | None:
+        """Time between updates; set it any time, from any thread (``None`` pauses)."""
+        period_ns = self._scheduler.period_ns
+        return None if period_ns is None else Timedelta(period_ns)
+
+    @period.setter
+    def period(self, value: Any) -> None:
+        self._scheduler.period = _period(value)
+
+    def update(self) -> None:
+        """Override: measure and :meth:`send`; called once per period."""
+        raise NotImplementedError(f"{type(self).__name__} must override update()")
+
+    def schedule_stats(self) -> SchedulerStats:
+        """Updates run, failed and slots missed so far."""
+        return self._scheduler.stats()
+
+    def task(self) -> None:
+        try:
+            self._scheduler.run(self.update)
+        except TooManyFailures as error:
+            logger.error("%s: stopping: %s", self.token, error)
+            self._on_fatal(error)
+
+    def _on_stop(self, timeout: float) -> None:
+        self._scheduler.stop()
+        super()._on_stop(timeout)
+
+
+def _period(value: Any) -> Any:
+    """Seconds, Timedelta, duration string or None -> what the scheduler takes."""
+    if value is None or isinstance(value, Timedelta):
+        return value
+    if isinstance(value, str):
+        return Timedelta.from_string(value)
+    return value

@@ -1,0 +1,40 @@
+"""Small helpers shared by the client tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import mqsync
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passed; return the last result."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return condition()
+        time.sleep(interval)
+    return True
+
+
+class RecordingSink(mqsync.Sink):
+    """A Sink that records every point (metric, int ns, value) and end markers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.points: list[tuple[str, int, float]] = []
+        self.ends = 0
+        self._lock = threading.Lock()
+
+    def on_data(self, metric, timestamp, value):
+        with self._lock:
+            self.points.append((metric, timestamp.posix_ns, value))
+
+    def on_end(self):
+        self.ends += 1
+
+    def count(self, metric: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for p in self.points if metric is None or p[0] == metric)
