@@ -1,0 +1,292 @@
+"""Source plugins: pluggy hooks, the entry point group ``mqsync.plugins`` and their loading.
+
+A plugin is a module (usually in a package of its own, named ``mqsync-source-<thing>``)
+that implements the hook :func:`Hookspecs.mqsync_source_kinds` and is announced in its
+``setup.py`` or ``pyproject.toml``::
+
+    [project.entry-points."mqsync.plugins"]
+    mything = "mqsync_source_mything"
+
+Its source classes derive from :class:`PluginSource`: they describe their metrics and
+implement ``update()``; scheduling, chunking, reconnects and configuration are the SDK's.
+The built-in plugins (dummy, sysinfo, ipmi) register through the same entry points.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from typing import Any, ClassVar, Iterable, Mapping
+
+import attrs
+import pluggy
+
+from .errors import ConfigError, PluginError
+from .interval_source import IntervalSource
+from .rpc import rpc_handler
+from .timeseries import Timedelta
+
+logger = logging.getLogger(__name__)
+
+PROJECT = "mqsync"
+ENTRY_POINT_GROUP = "mqsync.plugins"
+#: Comma-separated plugin names; when set, only these entry points are loaded.
+LOAD_ENV = "MQSYNC_LOAD_PLUGINS"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@attrs.frozen
+class ConfigOption:
+    """One configuration key of a source kind, for ``--usage`` and validation."""
+
+    name: str
+    default: Any
+    description: str
+    type: str = "any"  # "int", "float", "str", "bool", "list", "dict", "duration", "any"
+
+
+@attrs.frozen
+class SourceKind:
+    """A kind of source a plugin offers: ``mqsync-source --plugin <name>``."""
+
+    name: str
+    source_class: type
+    description: str
+    options: tuple[ConfigOption, ...] = ()
+
+    def default_config(self) -> dict[str, Any]:
+        """The configuration a source of this kind starts from."""
+        return {option.name: option.default for option in self.options}
+
+
+class Hookspecs:
+    """The hooks a plugin may implement (decorate yours with ``mqsync.plugin.hookimpl``)."""
+
+    @hookspec
+    def mqsync_source_kinds(self) -> Iterable[SourceKind]:
+        """Return the source kinds this plugin provides.
+
+        Each :class:`SourceKind` names an :class:`PluginSource` subclass; its name is what
+        users pass to ``mqsync-source --plugin``.
+        """
+
+
+@attrs.frozen
+class LoadedKind:
+    """A source kind together with the plugin that provided it."""
+
+    kind: SourceKind
+    plugin: str
+    package: str
+    version: str
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin that could not be imported or asked for its source kinds."""
+
+    plugin: str
+    package: str
+    error: str
+
+
+@attrs.define
+class PluginSet:
+    """What :func:`load_plugins` found: source kinds by name, and the plugins that failed."""
+
+    kinds: dict[str, LoadedKind] = attrs.Factory(dict)
+    failures: list[PluginFailure] = attrs.Factory(list)
+
+    def get(self, name: str) -> LoadedKind:
+        """The source kind ``name``.
+
+        Raises:
+            PluginError: no plugin provides it (the message lists those that do, and the
+                plugins that failed to load).
+        """
+        if name in self.kinds:
+            return self.kinds[name]
+        known = ", ".join(sorted(self.kinds)) or "none"
+        message = f"no source plugin named {name!r}; available: {known}"
+        failed = [f for f in self.failures if f.plugin == name]
+        if failed:
+            message += f" ({name!r} failed to load: {failed[0].error})"
+        raise PluginError(message)
+
+
+def load_plugins(*, entry_points: bool = True, modules: Iterable[Any] = (),
+                 only: Iterable[str] | None = None) -> PluginSet:
+    """Load source plugins and collect their source kinds.
+
+    Args:
+        entry_points: load every entry point of the group ``mqsync.plugins`` (restricted
+            to the names in ``$MQSYNC_LOAD_PLUGINS`` when that is set).
+        modules: plugin objects or modules to register directly (tests, embedding).
+        only: load only these entry point names.
+
+    A plugin that fails to import, or whose hook raises, is recorded in
+    :attr:`PluginSet.failures` with its error and logged; the others still load.
+    """
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(Hookspecs)
+    result = PluginSet()
+    origins: dict[int, tuple[str, str, str]] = {}
+    if only is None and os.environ.get(LOAD_ENV):
+        only = [n.strip() for n in os.environ[LOAD_ENV].split(",") if n.strip()]
+    wanted = set(only) if only is not None else None
+
+    if entry_points:
+        for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                                  key=lambda e: e.name):
+            if wanted is not None and entry_point.name not in wanted:
+                continue
+            package, version = _distribution(entry_point)
+            try:
+                plugin = entry_point.load()
+                manager.register(plugin, name=entry_point.name)
+                manager.check_pending()
+            except Exception as error:  # noqa: BLE001 - reported, the others still load
+                _record_failure(result, entry_point.name, package, error)
+                _unregister(manager, entry_point.name)
+                continue
+            origins[id(plugin)] = (entry_point.name, package, version)
+    for module in modules:
+        name = getattr(module, "__name__", repr(module))
+        try:
+            manager.register(module, name=name)
+        except Exception as error:  # noqa: BLE001
+            _record_failure(result, name, name, error)
+            continue
+        origins[id(module)] = (name.rsplit(".", 1)[-1], name, "")
+
+    for plugin in manager.get_plugins():
+        plugin_name, package, version = origins.get(id(plugin), ("?", "?", ""))
+        implementation = getattr(plugin, "mqsync_source_kinds", None)
+        if implementation is None:
+            continue
+        try:
+            kinds = list(implementation())
+            for kind in kinds:
+                if not isinstance(kind, SourceKind):
+                    raise TypeError(f"mqsync_source_kinds() returned {type(kind).__name__}, "
+                                    "expected SourceKind")
+                if not (isinstance(kind.source_class, type)
+                        and issubclass(kind.source_class, PluginSource)):
+                    raise TypeError(f"source kind {kind.name!r}: {kind.source_class!r} is not "
+                                    "a PluginSource subclass")
+        except Exception as error:  # noqa: BLE001
+            _record_failure(result, plugin_name, package, error)
+            continue
+        for kind in kinds:
+            if kind.name in result.kinds:
+                other = result.kinds[kind.name]
+                _record_failure(result, plugin_name, package, PluginError(
+                    f"source kind {kind.name!r} is already provided by {other.package}"))
+                continue
+            result.kinds[kind.name] = LoadedKind(kind, plugin_name, package, version)
+    return result
+
+
+def _distribution(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return entry_point.value.split(":")[0], ""
+    return dist.metadata["Name"], dist.version
+
+
+def _record_failure(result: PluginSet, name: str, package: str, error: BaseException) -> None:
+    text = f"{type(error).__name__}: {error}"
+    logger.error("source plugin %r (%s) failed to load: %s", name, package, text)
+    result.failures.append(PluginFailure(name, package, text))
+
+
+def _unregister(manager: pluggy.PluginManager, name: str) -> None:
+    plugin = manager.get_plugin(name)
+    if plugin is not None:
+        manager.unregister(plugin)
+
+
+class PluginSource(IntervalSource):
+    """The base of plugin sources: configuration, metric declaration and the schedule.
+
+    Subclasses implement :meth:`configure` (check and take the configuration, open
+    devices), :meth:`metrics` (names and metadata to declare) and :meth:`update`
+    (measure and :meth:`send`).  The configuration is the kind's defaults, overlaid by
+    the ``config`` given to the constructor (a file), overlaid by what the manager sends.
+    Its ``rate`` (Hz) or ``period`` (a duration) sets the schedule.
+
+    Args:
+        token: the source's token.
+        url: the broker URL; ``None`` joins the embedded network.
+        config: configuration from a file or the command line.
+        period: overrides the configuration's rate/period.
+    """
+
+    #: Defaults for keys the configuration does not give (set by subclasses).
+    default_config: ClassVar[Mapping[str, Any]] = {"rate": 1.0}
+
+    def __init__(self, token: str, url: str | None = None, *,
+                 config: Mapping[str, Any] | None = None, period: Any = None, **kwargs: Any):
+        super().__init__(token, url, **kwargs)
+        self._given_config = dict(config or {})
+        self._period_override = period
+        self.configuration: dict[str, Any] = {}
+        self.apply_config({})  # fail before connecting when the file configuration is bad
+
+    # -- for subclasses --------------------------------------------------------------
+
+    def configure(self, config: Mapping[str, Any]) -> None:
+        """Check and take a configuration; raise :class:`ConfigError` when it is bad."""
+
+    def metrics(self) -> Mapping[str, Mapping[str, Any]]:
+        """The metrics this source sends, with their metadata."""
+        return {}
+
+    # -- configuration ---------------------------------------------------------------
+
+    def apply_config(self, received: Mapping[str, Any]) -> None:
+        """Merge defaults, the given configuration and ``received``; configure and re-time."""
+        merged = {**self.default_config, **self._given_config, **received}
+        merged.pop("from_token", None)
+        period = self._period_override
+        if period is None:
+            period = _period_of(merged)
+        self.configure(merged)
+        self.configuration = merged
+        self.period = period
+
+    @rpc_handler("config")
+    def _on_plugin_config(self, from_token: str | None = None, **config: Any) -> None:
+        # Also runs at registration (with {} when the manager has no configuration), so
+        # every source declares its metrics once connected.
+        self.apply_config(config)
+        declared = self.metrics()
+        if declared and self.running:
+            self.declare_metrics(declared)
+
+    def rate(self) -> float | None:
+        """Updates per second, for the metrics' ``rate`` metadata."""
+        period = self.period
+        return None if period is None or not period.ns else 1e9 / period.ns
+
+
+def _period_of(config: Mapping[str, Any]) -> Timedelta | None:
+    if config.get("period") is not None:
+        try:
+            period = Timedelta.coerce(config["period"], name="period")
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
+    elif config.get("rate") is not None:
+        rate = config["rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ConfigError(f"invalid rate {rate!r}: expected a positive number of updates "
+                              "per second")
+        period = Timedelta.from_s(1 / rate)
+    else:
+        return None
+    if period.ns <= 0:
+        raise ConfigError(f"invalid period {config.get('period')!r}: must be positive")
+    return period
