@@ -36,6 +36,8 @@ setup(
     entry_points={
         "console_scripts": [
             "mqsync-manager = mqsync.cli.manager:main",
+            "mqsync-source = mqsync.cli.source:main",
+            "mqsync-sink = mqsync.cli.sink:main",
         ],
         "mqsync.plugins": [],
     },

@@ -150,6 +150,11 @@ class Client(RPCDispatcher):
         return f"{self.token}-rpc"
 
     @property
+    def failure(self) -> BaseException | None:
+        """Why the client stopped by itself (a lost connection, a failing source), or None."""
+        return self._failure
+
+    @property
     def running(self) -> bool:
         """Whether the client is started and not stopped."""
         return self._state == "running"
@@ -352,7 +357,8 @@ class Client(RPCDispatcher):
             body = encode_json(dict(reply))
         except Exception as error:
             self._count("rpc_errors_answered")
-            level = logging.WARNING if isinstance(error, (MqsyncError, TypeError)) else logging.ERROR
+            expected = isinstance(error, (MqsyncError, TypeError))
+            level = logging.WARNING if expected else logging.ERROR
             logger.log(level, "%s: RPC %r from %r failed: %s", self.token, function, from_token,
                        error, exc_info=level == logging.ERROR)
             body = encode_json({"error": str(error) or type(error).__name__})

@@ -21,14 +21,14 @@ without a connection it stops, and every pending and later call fails with
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import select
-import socket
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import kombu
@@ -88,14 +88,14 @@ class IOThread:
         self,
         url: str,
         name: str,
-        setup: Optional[Setup] = None,
+        setup: Setup | None = None,
         *,
         heartbeat: float = 20.0,
         connect_timeout: float = 10.0,
         give_up: float = 60.0,
         prefetch_count: int = 0,
-        on_reconnect: Optional[Callable[[], None]] = None,
-        on_fatal: Optional[Callable[[BaseException], None]] = None,
+        on_reconnect: Callable[[], None] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ):
         self._url = url
         self.name = name
@@ -115,10 +115,10 @@ class IOThread:
         self._ticks: list[_Tick] = []
         self._consumers: dict[str, kombu.Consumer] = {}
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._connection: Optional[kombu.Connection] = None
+        self._thread: threading.Thread | None = None
+        self._connection: kombu.Connection | None = None
         self._channel: Any = None
-        self._fatal: Optional[BaseException] = None
+        self._fatal: BaseException | None = None
         self._closed = False
         self._connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._channel_errors: tuple[type[BaseException], ...] = ()
@@ -208,7 +208,7 @@ class IOThread:
             self._wake()
         return future
 
-    def call(self, operation: Callable[[Any], T], timeout: Optional[float]) -> T:
+    def call(self, operation: Callable[[Any], T], timeout: float | None) -> T:
         """Run ``operation(channel)`` on the IO thread and wait for its result."""
         if threading.current_thread() is self._thread:
             return operation(self._channel)
@@ -225,9 +225,9 @@ class IOThread:
         exchange: str,
         routing_key: str,
         *,
-        headers: Optional[dict] = None,
-        content_type: Optional[str] = None,
-        content_encoding: Optional[str] = None,
+        headers: dict | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
         **properties: Any,
     ) -> Future:
         """Publish one message from the IO thread; the future completes once it is sent."""
@@ -273,10 +273,9 @@ class IOThread:
     # -- the loop -----------------------------------------------------------------
 
     def _wake(self) -> None:
-        try:
+        # A closed pipe means the thread is gone: there is nothing to wake.
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
-        except OSError:  # pipe closed: the thread is gone, nothing to wake
-            pass
 
     def _close_pipe(self) -> None:
         if self._closed:
@@ -375,7 +374,7 @@ class IOThread:
                 # The socket is readable (or the transport is polled): a frame is there,
                 # but a message may span several frames, so allow a little time.
                 connection.drain_events(timeout=0.05 if sock is not None else 0)
-            except socket.timeout:
+            except TimeoutError:
                 return
             if sock is not None and not _readable(sock):
                 return
@@ -497,7 +496,7 @@ def _readable(sock: Any) -> bool:
     return bool(readable)
 
 
-def _close_quietly(connection: Optional[kombu.Connection]) -> None:
+def _close_quietly(connection: kombu.Connection | None) -> None:
     if connection is None:
         return
     try:

@@ -30,6 +30,8 @@ class IntervalSource(Source):
         offset: shift of the aligned grid.
         max_consecutive_failures: give up after this many failed updates in a row.
         clock: the scheduler's clock (tests inject a fake one).
+        schedule: run updates on the schedule; ``False`` leaves calling :meth:`update`
+            to the owner (``mqsync-source --once``).
 
     Example::
 
@@ -46,8 +48,9 @@ class IntervalSource(Source):
     def __init__(self, token: str, url: str | None = None, period: Any = None, *,
                  align: bool = False, offset: Any = 0,
                  max_consecutive_failures: int | None = None, clock: Clock | None = None,
-                 **kwargs: Any):
+                 schedule: bool = True, **kwargs: Any):
         super().__init__(token, url, **kwargs)
+        self._schedule = schedule
         self._scheduler = Scheduler(
             _period(period), align=align, offset=_period(offset) or 0,
             max_consecutive_failures=max_consecutive_failures, clock=clock, name=self.token)
@@ -71,6 +74,8 @@ class IntervalSource(Source):
         return self._scheduler.stats()
 
     def task(self) -> None:
+        if not self._schedule:
+            return
         try:
             self._scheduler.run(self.update)
         except TooManyFailures as error:

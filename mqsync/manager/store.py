@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..config import read_config_file
 from ..errors import ConfigError
 from ..state import load_state, save_state
 
@@ -53,32 +53,13 @@ class ConfigStore:
             file = self.path / f"{token}.json"
             if not file.exists():
                 return {}
-            config = _read_file(file)
+            config = read_config_file(file)
         else:
-            config = _read_file(self.path).get(token, {})
+            config = read_config_file(self.path).get(token, {})
         if not isinstance(config, dict):
             raise ConfigError(f"configuration of {token!r} in {self.path} must be an object, "
                               f"got {type(config).__name__}")
         return config
-
-
-def _read_file(file: Path) -> dict[str, Any]:
-    try:
-        if file.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
-
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        else:
-            data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read configuration file {file}: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"configuration file {file} must hold an object, got "
-                          f"{type(data).__name__}")
-    return data
 
 
 class MetadataStore:
