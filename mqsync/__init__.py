@@ -18,7 +18,7 @@ from .rpc import rpc_handler
 from .scheduler import TooManyFailures
 from .sink import DurableSink, Sink
 from .source import Source
-from .timeseries import TimeAggregate, Timedelta, TimeValue, Timestamp
+from .timeseries import TimeAggregate, Timedelta, Timestamp, TimeValue
 
 __all__ = [
     "Client",
