@@ -18,6 +18,7 @@ from .rpc import rpc_handler
 from .scheduler import TooManyFailures
 from .sink import DurableSink, Sink
 from .source import Source
+from .subscription import Drain, Subscriber
 from .timeseries import TimeAggregate, Timedelta, Timestamp, TimeValue
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ClientStopped",
     "ConfigError",
     "ConnectFailed",
+    "Drain",
     "DurableSink",
     "IntervalSource",
     "InvalidMessage",
@@ -35,6 +37,7 @@ __all__ = [
     "RPCTimeout",
     "Sink",
     "Source",
+    "Subscriber",
     "TimeAggregate",
     "TimeValue",
     "Timedelta",

@@ -266,6 +266,27 @@ class IOThread:
         if consumer is not None:
             consumer.cancel()
 
+    def probe(self, operation: Callable[[Any], Any], timeout: float | None) -> bool:
+        """Run ``operation(channel)`` on a temporary channel; False if the broker refused it.
+
+        For checks that fail with a channel error (a passive declare of something missing),
+        which would otherwise close the IO thread's own channel.
+        """
+
+        def on_temporary_channel(channel: Any) -> bool:
+            assert self._connection is not None
+            temporary = self._connection.channel()
+            try:
+                operation(temporary)
+                return True
+            except self._channel_errors:
+                return False
+            finally:
+                with contextlib.suppress(*self._channel_errors, *self._connection_errors):
+                    temporary.close()
+
+        return bool(self.call(on_temporary_channel, timeout))
+
     def add_tick(self, callback: Callable[[], None], interval: float) -> None:
         """Call ``callback()`` on the IO thread about every ``interval`` seconds."""
         self.submit(lambda channel: self._ticks.append(_Tick(callback, interval)))

@@ -273,7 +273,9 @@ class Source(Client):
         def publish(channel: Any) -> None:
             try:
                 channel.basic_publish(
-                    channel.prepare_message(payload, None, None, None, None, _TRANSIENT),
+                    # a fresh properties dict: the memory transport stores it in the message
+                    channel.prepare_message(payload, None, None, None, None,
+                                            {"delivery_mode": 1}),
                     exchange=exchange, routing_key=metric)
                 self._sent_points += points
                 self._sent_chunks += 1
@@ -297,9 +299,6 @@ class Source(Client):
                     self._publish(metric, buffer, wait=False)
         finally:
             self._buffer_lock.release()
-
-
-_TRANSIENT = {"delivery_mode": 1}
 
 
 def _as_ns(time: Any) -> int:

@@ -100,6 +100,14 @@ class Manager(Client):
         assert self._data is not None
         return self._data.call(operation, self.rpc_timeout)
 
+    def _require_queue(self, queue: str, function: str) -> None:
+        assert self._data is not None
+        if not self._data.probe(lambda channel: channel.queue_declare(queue=queue, passive=True),
+                                self.rpc_timeout):
+            self.metadata.set_queue_arguments(queue, None)
+            raise RPCError(f"{function}: data queue {queue!r} does not exist (it expired, or "
+                           "was released)")
+
     # -- sources -------------------------------------------------------------------
 
     @rpc_handler("source.register")
@@ -160,6 +168,7 @@ class Manager(Client):
         if not dataQueue:
             raise RPCError("sink.unsubscribe needs 'dataQueue'")
         names = _metric_list(metrics, "sink.unsubscribe")
+        self._require_queue(dataQueue, "sink.unsubscribe")
 
         def unbind(channel: Any) -> None:
             for name in names:
