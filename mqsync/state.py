@@ -129,12 +129,19 @@ def _encode(state: Any) -> bytes:
 
 
 def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable. Not possible (nor needed) on Windows.
+    # Makes the rename itself survive a power loss. Not possible on Windows, refused by
+    # some network file systems: the new state is in place by now, so a failure here
+    # only means the rename's durability is the file system's best effort.
     if os.name != "posix":
         return
-    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError as exc:
+        logger.debug("cannot fsync state directory %s: %s", directory, exc)
     finally:
         os.close(fd)
 
