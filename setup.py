@@ -31,7 +31,9 @@ setup(
             "freezegun>=1.2",
             "hypothesis>=6",
             "ruff>=0.4",
+            "influxdb>=5.3",
         ],
+        "influx": ["influxdb>=5.3"],
     },
     entry_points={
         "console_scripts": [
@@ -40,6 +42,7 @@ setup(
             "mqsync-sink = mqsync.cli.sink:main",
         ],
         "mqsync.plugins": [],
+        "pytest11": ["mqsync.pytest_plugin = mqsync.pytest_plugin"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

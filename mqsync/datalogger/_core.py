@@ -1,0 +1,389 @@
+"""The DataLogger: log values, measure durations, record events, hand batches to writers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, Callable, List, Sequence, TypeVar
+
+from ._errors import InvalidMeasurement, WriteFailed
+from ._measure import BlockMeasurer, _say, _Timer
+from ._model import Field, Measurement, Tag
+from ._records import DataEntry, Dataset, Event, Events, TimeLike, to_ns
+from ._writer import DatabaseWriter
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_UNSET: Any = object()
+
+
+class PostProcessing:
+    """Post-processing hooks that run on each batch before it is written (as in 2.4)."""
+
+    @staticmethod
+    def register(*measurements: Measurement) -> Callable[[_T], _T]:
+        """Mark ``func(datalogger, **{measurement_name: entries})`` as a post-processor.
+
+        ``datalogger`` is the batch about to be written; ``log`` on it adds entries to it.
+        """
+
+        def mark(func: _T) -> _T:
+            func.post_processing = True  # type: ignore[attr-defined]
+            func.measurements = measurements  # type: ignore[attr-defined]
+            return func
+
+        return mark
+
+
+class DataLogger:
+    """Collects entries and events from any number of threads and hands them to writers.
+
+    Every method may be called from any thread. Entries are kept grouped by measurement (as in
+    influxdb-datalogger 2.4: ``datalogger._dataset`` maps Measurement -> entries, so
+    ``measurement in datalogger._dataset`` works); ``dataset`` and ``events`` are copies that
+    are safe to read while other threads log. Times come from the wall clock (``time_ns``),
+    durations from the monotonic ``perf_counter``.
+
+    ``continuous_write=True`` writes after every ``log`` (and so after every ``measure`` and
+    ``measure_block``); a writer failure is then logged as a warning rather than raised into
+    the measured code, and the data is kept for the next write. A failed writer keeps at most
+    ``max_backlog`` records; beyond that the oldest are dropped and counted in ``dropped``.
+    Used as a context manager, it writes and closes its writers at the end.
+    """
+
+    def __init__(
+        self,
+        *database_writers: DatabaseWriter,
+        continuous_write: bool = False,
+        max_backlog: int = 100_000,
+    ) -> None:
+        for writer in database_writers:
+            if not isinstance(writer, DatabaseWriter):
+                raise TypeError(
+                    f"writer {writer!r} ({type(writer).__name__}) does not derive from "
+                    f"mqsync.datalogger.DatabaseWriter"
+                )
+        self._db_writers: List[DatabaseWriter] = list(database_writers)
+        self.continuous_write = continuous_write
+        self.max_backlog = max_backlog
+        self.postprocessing_functions: List[Callable[..., Any]] = []
+        self.dropped = 0
+        self._lock = threading.Lock()  # guards _dataset and _events; held only briefly
+        self._write_lock = threading.RLock()  # one write_data at a time; guards _backlog
+        self._dataset = Dataset()
+        self._events = Events()
+        self._backlog: dict[int, tuple[list[DataEntry], list[Event]]] = {}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def dataset(self) -> List[DataEntry]:
+        """The entries not yet written, grouped by measurement (a copy)."""
+        with self._lock:
+            return self._dataset.as_list()
+
+    @property
+    def events(self) -> List[Event]:
+        """The events not yet written, grouped by measurement (a copy)."""
+        with self._lock:
+            return self._events.as_list()
+
+    @property
+    def last_data_entry(self) -> DataEntry:
+        """The last entry of :attr:`dataset`; IndexError when there is none."""
+        return self.dataset[-1]
+
+    @property
+    def last_event(self) -> Event:
+        """The last event of :attr:`events`; IndexError when there is none."""
+        return self.events[-1]
+
+    @property
+    def db_writers(self) -> List[DatabaseWriter]:
+        return list(self._db_writers)
+
+    def __str__(self) -> str:
+        with self._lock:
+            return json.dumps(self._dataset, indent=2, default=str)
+
+    # -- logging -------------------------------------------------------------------------------
+
+    def log(
+        self,
+        measurement: Measurement,
+        field: Any = None,
+        value: Any = _UNSET,
+        tag_map: Mapping[Any, Any] | None = None,
+        time: TimeLike = None,
+        *,
+        fields_map: Mapping[Any, Any] | None = None,
+        tags_map: Mapping[Any, Any] | None = None,
+    ) -> None:
+        """Log one entry now (or at ``time``).
+
+        Two forms: ``log(measurement, field, value, tag_map)`` for one value, and the
+        influxdb-datalogger 2.4 form ``log(measurement, fields_map, tags_map, time)`` with a
+        FieldMap. Raises InvalidMeasurement if the entry does not fit the measurement (nothing
+        is logged then), TypeError for arguments of the wrong kind.
+        """
+        if fields_map is not None:
+            if field is not None:
+                raise TypeError("log() got both field and fields_map")
+            field = fields_map
+        if isinstance(field, Mapping):
+            fields = field
+            if value is not _UNSET:  # positional 2.4 call: log(measurement, fields, tags, time)
+                if tag_map is not None:
+                    if time is not None:
+                        raise TypeError("log() got time twice")
+                    time = tag_map  # type: ignore[assignment]
+                tag_map = value
+        elif isinstance(field, str):
+            if value is _UNSET:
+                raise TypeError(f"log({str(measurement)!r}, {str(field)!r}) needs a value")
+            fields = {field: value}
+        else:
+            raise TypeError(
+                f"log() needs a Field and a value, or a FieldMap; got field={field!r}"
+            )
+        measurement = self._check_measurement(measurement)
+        tags = measurement.resolve_tags(self._one_tag_map(tag_map, tags_map))
+        resolved = measurement.resolve_fields(fields)
+        when = None if time is None else to_ns(time)
+        with self._lock:
+            self._dataset.append(DataEntry(measurement, resolved, tags, time=when))
+        self._after_log()
+
+    def log_event(
+        self,
+        measurement: Measurement,
+        start_time: TimeLike,
+        stop_time: TimeLike,
+        event_tags_map: Mapping[Any, Any] | None = None,
+        *,
+        text: str | None = None,
+    ) -> None:
+        """Log an event from ``start_time`` to ``stop_time`` (datetimes in UTC, or int ns).
+
+        ``measure`` and ``measure_block`` do this for you when given ``event_tags``. This does
+        not trigger ``continuous_write``.
+        """
+        measurement = self._check_measurement(measurement)
+        event = self._event(measurement, to_ns(start_time), to_ns(stop_time),
+                            self._event_tags(event_tags_map), text)
+        with self._lock:
+            self._events.append(event)
+
+    def measure(
+        self,
+        func: Callable[..., _T],
+        measurement: Measurement,
+        field: Field,
+        tag_map: Mapping[Any, Any] | None = None,
+        event_tags: Mapping[Any, Any] | None = None,
+        logger: logging.Logger | None = None,
+        log_start: str | None = None,
+        log_end: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        tags_map: Mapping[Any, Any] | None = None,
+        log_lvl: int = logging.INFO,
+        text: str | None = None,
+    ) -> _T:
+        """Call ``func(*args, **kwargs)``, log its duration in seconds, and return its result.
+
+        The duration is logged even when ``func`` raises; the exception then propagates.
+        With ``event_tags`` an Event (start, stop, tags, ``text``) is logged as well.
+        ``log_start``/``log_end`` go to ``logger`` (the ``mqsync.datalogger`` logger if none
+        is given) at ``log_lvl``. Everything is checked before ``func`` runs: on
+        InvalidMeasurement or TypeError ``func`` is not called.
+        """
+        if not callable(func):
+            raise TypeError(f"measure() needs a callable, got {func!r}")
+        if args is not None and not isinstance(args, (tuple, list)):
+            raise TypeError(f"args must be a tuple, got {args!r}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"kwargs must be a dict, got {kwargs!r}")
+        timer = _Timer(self, measurement, field, self._one_tag_map(tag_map, tags_map),
+                       event_tags, text)
+        _say(logger, log_lvl, log_start)
+        timer.start()
+        try:
+            return func(*(args or ()), **(kwargs or {}))
+        finally:
+            timer.stop()
+            _say(logger, log_lvl, log_end)
+
+    def measure_block(
+        self,
+        measurement: Measurement,
+        field: Field,
+        tag_map: Mapping[Any, Any] | None = None,
+        event_tags: Mapping[Any, Any] | None = None,
+        logger: logging.Logger | None = None,
+        log_lvl: int = logging.INFO,
+        log_start: str | None = None,
+        log_end: str | None = None,
+        *,
+        tags_map: Mapping[Any, Any] | None = None,
+        text: str | None = None,
+    ) -> BlockMeasurer:
+        """A context manager that logs how long its block took (see :meth:`measure`).
+
+        With a ``logger``, generic start/stop messages are logged unless ``log_start`` and
+        ``log_end`` are given (as in 2.4). Checked at once, before the block runs.
+        """
+        return BlockMeasurer(
+            self, measurement, field, self._one_tag_map(tag_map, tags_map), event_tags,
+            logger, log_lvl, log_start, log_end, text=text,
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add_post_processing(self, func: Callable[..., Any]) -> None:
+        """Run ``func`` (marked with ``PostProcessing.register``) on every batch before writing."""
+        if not getattr(func, "post_processing", False):
+            raise TypeError(f"{func!r} is not marked with @PostProcessing.register(...)")
+        self.postprocessing_functions.append(func)
+
+    def write_data(self) -> None:
+        """Hand everything logged so far to every writer, then forget it.
+
+        Logging from other threads goes on meanwhile; what they log goes into the next batch.
+        Each writer gets the batch once. A writer that raises keeps its batch (and gets it
+        again next time); the others are still called, and then WriteFailed is raised.
+        """
+        with self._write_lock:
+            with self._lock:
+                entries, events = self._dataset.as_list(), self._events.as_list()
+                self._dataset, self._events = Dataset(), Events()
+            if not (entries or events or self._backlog):
+                return
+            batch = self._holding(entries, events)
+            try:
+                self._post_process(batch)
+            except BaseException:
+                self._put_back(entries, events)
+                raise
+            failures = []
+            for index, writer in enumerate(self._db_writers):
+                kept = self._backlog.pop(index, None)
+                view = batch
+                if kept is not None:
+                    view = self._holding(kept[0] + batch.dataset, kept[1] + batch.events)
+                try:
+                    writer.write_data(view)
+                except Exception as error:  # reported through WriteFailed
+                    _log.debug("writer %r failed", writer, exc_info=True)
+                    self._keep(index, view.dataset, view.events)
+                    failures.append((writer, error))
+            if failures:
+                raise WriteFailed(failures)
+
+    def close(self) -> None:
+        """Write what is left, then close every writer."""
+        try:
+            self.write_data()
+        finally:
+            for writer in self._db_writers:
+                writer.close()
+
+    def __enter__(self) -> DataLogger:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_measurement(measurement: Any) -> Measurement:
+        if not isinstance(measurement, Measurement):
+            raise TypeError(
+                f"measurement must be a Measurement, got {measurement!r} "
+                f"({type(measurement).__name__})"
+            )
+        return measurement
+
+    @staticmethod
+    def _one_tag_map(tag_map: Any, tags_map: Any) -> Mapping[Any, Any] | None:
+        if tags_map is not None:
+            if tag_map is not None:
+                raise TypeError("got both tag_map and tags_map (the 2.4 name); give one")
+            return tags_map
+        return tag_map
+
+    @staticmethod
+    def _event_tags(tags: Any) -> dict[Tag, Any]:
+        """Event tags as a plain dict of Tag -> value (None values left out)."""
+        if tags is not None and not isinstance(tags, Mapping):
+            raise TypeError(f"event tags must be a TagMap, got {tags!r}")
+        return {k if isinstance(k, Tag) else Tag(k): v
+                for k, v in (tags or {}).items() if v is not None}
+
+    @staticmethod
+    def _event(
+        measurement: Measurement, start_ns: int, stop_ns: int, tags: dict[Tag, Any],
+        text: str | None,
+    ) -> Event:
+        if stop_ns < start_ns:
+            raise InvalidMeasurement(
+                f"event of {measurement.name!r} stops before it starts ({stop_ns} < {start_ns} ns)"
+            )
+        return Event.from_ns(measurement, start_ns, stop_ns, tags, text)
+
+    def _record(self, measurement: Measurement, fields: dict, tags: dict,
+                event: Event | None) -> None:
+        with self._lock:  # event and entry land in the same batch
+            if event is not None:
+                self._events.append(event)
+            self._dataset.append(DataEntry(measurement, fields, tags))
+        self._after_log()
+
+    def _after_log(self) -> None:
+        if not self.continuous_write:
+            return
+        try:
+            self.write_data()
+        except WriteFailed as error:
+            _log.warning("continuous write: %s", error)
+
+    @staticmethod
+    def _holding(entries: List[DataEntry], events: List[Event]) -> DataLogger:
+        batch = DataLogger()  # a plain one: a subclass may need arguments
+        for entry in entries:
+            batch._dataset.append(entry)
+        for event in events:
+            batch._events.append(event)
+        return batch
+
+    def _post_process(self, batch: DataLogger) -> None:
+        for func in self.postprocessing_functions:
+            wanted = {str(m): batch._dataset.get_entries_for_measurement(m)
+                      for m in func.measurements}
+            func(batch, **wanted)
+
+    def _put_back(self, entries: List[DataEntry], events: List[Event]) -> None:
+        with self._lock:
+            newer_entries, newer_events = self._dataset.as_list(), self._events.as_list()
+            self._dataset, self._events = Dataset(), Events()
+            for entry in entries + newer_entries:
+                self._dataset.append(entry)
+            for event in events + newer_events:
+                self._events.append(event)
+
+    def _keep(self, index: int, entries: List[DataEntry], events: List[Event]) -> None:
+        excess = len(entries) + len(events) - self.max_backlog
+        if excess > 0:
+            entries = sorted(entries, key=lambda e: e.time_ns)
+            events = sorted(events, key=lambda e: e.stop_ns)
+            cut = min(excess, len(entries))
+            entries, events = entries[cut:], events[excess - cut:]
+            self.dropped += excess
+            _log.warning("writer %r is failing: dropped the %d oldest records", self._db_writers[
+                index], excess)
+        self._backlog[index] = (entries, events)
