@@ -21,7 +21,7 @@ from ._worker import Worker
 from .chunk import decode_chunk
 from .client import Client, check_metric_name, derive_address
 from .connection import IOThread
-from .errors import ClientStopped, InvalidMessage
+from .errors import ClientStopped, InvalidMessage, MqsyncError
 from .timeseries import Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,14 @@ class Sink(Client):
 
     def _setup_data(self, channel: Any) -> None:
         assert self._data is not None and self.data_queue is not None
+        if self._data.generation > 1 and self._subscribed:
+            # After a reconnect: make sure the queue and its bindings exist again (the
+            # manager declares it with the arguments it had, so nothing is refused).
+            metrics = sorted(self._subscribed)
+            logger.info("%s: renewing the subscription of %d metric(s) on %s", self.token,
+                        len(metrics), self.data_queue)
+            self.rpc("sink.subscribe", metrics=metrics, dataQueue=self.data_queue,
+                     **self._subscribe_args)
         self._data.consume(self.data_queue, self._on_data_message, no_ack=False)
 
     def _on_data_message(self, message: Any) -> None:
@@ -171,19 +179,6 @@ class Sink(Client):
 
         data.submit(settle)
 
-    def _on_management_reconnect(self) -> None:
-        """Renew the subscription after the management connection came back."""
-        if self._subscribed and self.data_queue is not None:
-            self._rpc_worker.submit(self._resubscribe)
-
-    def _resubscribe(self) -> None:
-        with self._subscription_lock:
-            metrics = sorted(self._subscribed)
-            logger.info("%s: renewing the subscription of %d metric(s) on %s", self.token,
-                        len(metrics), self.data_queue)
-            self.rpc("sink.subscribe", metrics=metrics, dataQueue=self.data_queue,
-                     **self._subscribe_args)
-
     def _on_stop(self, timeout: float) -> None:
         data = self._data
         if data is None:
@@ -195,6 +190,17 @@ class Sink(Client):
             logger.debug("%s: cancelling the consumer: %s", self.token, error)
         self._data_worker.stop(timeout, finish=True)
         data.stop(timeout)
+        self._release_queue()
+
+    def _release_queue(self) -> None:
+        """A sink that stops cleanly frees its queue; after a crash it expires instead."""
+        if self.data_queue is None or self._failure is not None:
+            return
+        try:
+            self.rpc("sink.release", dataQueue=self.data_queue, timeout=5.0)
+        except MqsyncError as error:
+            logger.warning("%s: could not release %s (it expires on its own): %s", self.token,
+                           self.data_queue, error)
 
 
 class DurableSink(Sink):

@@ -7,23 +7,27 @@ The data path is short and visible::
            -> basic_publish to metricq.data, routing key = metric
 
 ``send()`` never waits for the network: it appends, and when a chunk is full hands
-the encoded payload to the IO thread.  At most ``max_pending_chunks`` payloads wait
-there; beyond that ``send()`` blocks (back-pressure) for up to ``send_timeout`` seconds
-and then raises :class:`~mqsync.errors.PublishFailed`.
+the encoded payload to the IO thread.  Every chunk is kept until the broker confirmed
+it (see :mod:`mqsync._delivery`); at most ``max_pending_chunks`` chunks wait for that,
+and beyond that ``send()`` blocks (back-pressure) for up to ``send_timeout`` seconds and
+then raises :class:`~mqsync.errors.PublishFailed`, keeping the points buffered.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Iterable, Mapping, Sequence
 
+from ._delivery import ChunkPublisher
 from .chunk import ChunkBuffer
 from .client import DATA_EXCHANGE, Client, check_metric_name, derive_address
 from .connection import IOThread
 from .errors import PublishFailed
+from .spool import Spool
 from .timeseries import Timestamp
 
 logger = logging.getLogger(__name__)
@@ -39,9 +43,12 @@ class Source(Client):
             ``None`` sends only on :meth:`flush` or after ``flush_interval``.
         flush_interval: seconds after which a partly filled chunk is sent anyway, so a
             slow metric is not held back; ``None`` disables the timer.
-        max_pending_chunks: chunks that may wait for the IO thread before :meth:`send`
-            blocks.
+        max_pending_chunks: chunks handed over and not yet confirmed by the broker before
+            :meth:`send` blocks.
         send_timeout: seconds :meth:`send` blocks on a full queue before it raises.
+        spool: an SQLite file (or an open :class:`~mqsync.spool.Spool`) where every chunk
+            waits until the broker confirmed it, so a crash or a long outage loses
+            nothing: the next start sends what is left first.
 
     Other keyword arguments go to :class:`~mqsync.Client`.  Override :meth:`task` for a
     loop of your own (it runs on its own thread once the source is connected), or use
@@ -57,6 +64,7 @@ class Source(Client):
         flush_interval: float | None = 1.0,
         max_pending_chunks: int = 10_000,
         send_timeout: float = 30.0,
+        spool: str | os.PathLike | Spool | None = None,
         **kwargs: Any,
     ):
         super().__init__(token, url, **kwargs)
@@ -69,13 +77,13 @@ class Source(Client):
         self.data_exchange = DATA_EXCHANGE
         self._buffers: dict[str, ChunkBuffer] = {}
         self._buffer_lock = threading.Lock()
-        self._pending_chunks = threading.BoundedSemaphore(max_pending_chunks)
+        self._max_pending_chunks = max_pending_chunks
+        self._spool_spec = spool
+        self._publisher: ChunkPublisher | None = None
         self._data: IOThread | None = None
         self._task_thread: threading.Thread | None = None
         #: Completed (with ``None``) when the source stops; :meth:`task` loops until then.
         self.task_stop_future: Future = Future()
-        self._sent_points = 0
-        self._sent_chunks = 0
 
     # -- chunking ------------------------------------------------------------------
 
@@ -115,17 +123,19 @@ class Source(Client):
 
     def _start_data(self, address: str) -> None:
         assert self._network_url is not None
-        url = derive_address(self._network_url, address)
-        exchange = self.data_exchange
-
-        def setup(channel: Any) -> None:
-            channel.exchange_declare(exchange=exchange, type="topic", durable=True,
-                                     auto_delete=False, passive=True)
-
-        self._data = IOThread(url, f"mqsync-{self.token}-data", setup,
+        spool = self._spool_spec
+        if spool is not None and not isinstance(spool, Spool):
+            spool = Spool(spool)
+        self._publisher = publisher = ChunkPublisher(
+            self.token, self.data_exchange, max_pending=self._max_pending_chunks,
+            spool=spool, count=self._count)
+        self._data = IOThread(derive_address(self._network_url, address),
+                              f"mqsync-{self.token}-data", publisher.setup,
                               heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
                               on_fatal=self._on_fatal)
+        publisher.io = self._data
         self._data.start(self.connect_timeout)
+        publisher.replay_spool(self.send_timeout)
         if self.flush_interval is not None:
             self._data.add_tick(self._flush_stale, min(self.flush_interval / 2, 0.5))
 
@@ -148,6 +158,25 @@ class Source(Client):
             except Exception as error:
                 logger.error("%s: data not flushed at stop: %s", self.token, error)
             self._data.stop(timeout)
+            self._account_unconfirmed()
+        if self._publisher is not None and self._publisher.spool is not None \
+                and self._spool_spec is not self._publisher.spool:
+            self._publisher.spool.close()
+
+    def _account_unconfirmed(self) -> None:
+        """After the data IO thread ended: say what the broker never confirmed."""
+        assert self._publisher is not None
+        chunks, points = self._publisher.unconfirmed()
+        if not chunks:
+            return
+        if self._publisher.spool is not None:
+            logger.warning("%s: %d chunk(s) (%d points) not confirmed; they stay in the spool "
+                           "%s and are sent at the next start", self.token, chunks, points,
+                           self._publisher.spool.path)
+        else:
+            self._count("lost_points", points)
+            logger.error("%s: %d chunk(s) (%d points) were never confirmed by the broker and "
+                         "are lost (use a spool to keep them)", self.token, chunks, points)
 
     def task(self) -> None:
         """Override with a loop that sends data until :attr:`task_stop_future` is done.
@@ -235,55 +264,37 @@ class Source(Client):
             for metric, buffer in self._buffers.items():
                 if len(buffer):
                     self._publish(metric, buffer)
-        if self._data is None:
+        if self._publisher is None:
             return
-        try:
-            self._data.call(lambda channel: None, self.send_timeout if timeout is None else timeout)
-        except Exception as error:
-            raise PublishFailed(f"{self.token}: flush did not complete: {error}") from error
+        timeout = self.send_timeout if timeout is None else timeout
+        missing = self._publisher.wait_confirmed(timeout)
+        if missing:
+            raise PublishFailed(f"{self.token}: {missing} chunk(s) not confirmed by the broker "
+                                f"within {timeout:g} s")
 
     @property
     def sent_points(self) -> int:
-        """Points handed to the broker so far."""
-        return self._sent_points
+        """Points the broker confirmed so far (all published ones, without confirms)."""
+        return self._publisher.confirmed_points if self._publisher is not None else 0
 
     def _publish(self, metric: str, buffer: ChunkBuffer, wait: bool = True) -> None:
-        """Under the buffer lock: hand the buffer's chunk to the IO thread.
+        """Under the buffer lock: hand the buffer's chunk over for publishing.
 
         With ``wait=False`` (on the IO thread itself) a full hand-over queue leaves the
         points buffered for the next try instead of blocking.
         """
-        data = self._data
-        if data is None or not data.alive or self._state not in ("running", "stopping"):
+        publisher = self._publisher
+        if publisher is None or self._state not in ("running", "stopping"):
             raise PublishFailed(f"{self.token}: cannot send to {metric!r}: the source is "
                                 f"{self._failure or self._state}")
-        points = len(buffer)
-        if not wait:
-            if not self._pending_chunks.acquire(blocking=False):
+        if not publisher.reserve(self.send_timeout if wait else None):
+            if not wait:
                 return
-        elif not self._pending_chunks.acquire(timeout=self.send_timeout):
-            buffer.take()
-            self._count("lost_points", points)
-            raise PublishFailed(f"{self.token}: the IO thread did not take a chunk for "
-                                f"{self.send_timeout:g} s; {points} points of {metric!r} lost")
-        payload = buffer.take()
-        exchange = self.data_exchange
-        slot = [self._pending_chunks.release]  # released once, even if the publish is retried
-
-        def publish(channel: Any) -> None:
-            try:
-                channel.basic_publish(
-                    # a fresh properties dict: the memory transport stores it in the message
-                    channel.prepare_message(payload, None, None, None, None,
-                                            {"delivery_mode": 1}),
-                    exchange=exchange, routing_key=metric)
-                self._sent_points += points
-                self._sent_chunks += 1
-            finally:
-                if slot:
-                    slot.pop()()
-
-        data.submit(publish)
+            raise PublishFailed(f"{self.token}: the broker has not confirmed earlier chunks "
+                                f"for {self.send_timeout:g} s; the {len(buffer)} points of "
+                                f"{metric!r} stay buffered")
+        points = len(buffer)
+        publisher.hand(metric, buffer.take(), points)
 
     def _flush_stale(self) -> None:
         """IO thread tick: publish chunks whose first point waited ``flush_interval``."""

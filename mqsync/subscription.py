@@ -172,6 +172,11 @@ class Drain(Sink):
         if data is not None:
             data.call(lambda channel: data.cancel(self.data_queue or ""), self._timeout)
         self.rpc("sink.release", dataQueue=self.data_queue)
+        self.data_queue = None  # released: nothing left to release at stop
+
+    def _release_queue(self) -> None:
+        """A drain left early (an error, or the loop broke off) keeps its queue to expire:
+        its data may still be wanted; a drain that reached the end released it already."""
 
 
 def _as_list(metrics: Iterable[str]) -> list[str]:

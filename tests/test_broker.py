@@ -72,11 +72,21 @@ def test_malformed_data_is_dropped_not_requeued(manager, unique):
     with mqsync.Source(f"source-{unique}", manager.url) as source, \
             RecordingSink(f"sink-{unique}", manager.url) as sink:
         sink.subscribe([metric])
-        source._data.publish(b"\x0a\xff", "metricq.data", metric).result(5)
+        _publish_raw(manager.url, metric, b"\x0a\xff")
         source.send(metric, T0, 1.0)
         source.flush()
         assert wait_until(lambda: sink.count() == 1)
         assert wait_until(lambda: sink.stats().get("malformed_data_messages") == 1)
+
+
+def _publish_raw(url: str, metric: str, body: bytes) -> None:
+    """Publish a data message that did not come from mqsync."""
+    import kombu
+
+    with kombu.Connection(url) as connection:
+        channel = connection.channel()
+        channel.basic_publish(channel.prepare_message(body, None, None, None, None, {}),
+                              exchange="metricq.data", routing_key=metric)
 
 
 def test_a_client_without_a_manager_fails_to_start_with_a_clear_error(broker_url, unique):

@@ -151,8 +151,11 @@ class Manager(Client):
             self.metadata.set_queue_arguments(queue, arguments)
 
         def declare_and_bind(channel: Any) -> None:
-            channel.queue_declare(queue=queue, durable=False, exclusive=False, auto_delete=True,
-                                  arguments=arguments)
+            # Not auto-delete: a sink that lost its connection finds its queue (and the
+            # data routed meanwhile) when it comes back; a clean stop releases it, and an
+            # abandoned one expires after x-expires.
+            channel.queue_declare(queue=queue, durable=False, exclusive=False,
+                                  auto_delete=False, arguments=arguments)
             for name in names:
                 channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
 
