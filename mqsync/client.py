@@ -60,10 +60,10 @@ def derive_address(management_url: str, address: str) -> str:
     """
     management = urlsplit(management_url)
     if address.startswith("vhost:"):
+        if not management.netloc:  # an in-process transport (memory://) has one vhost
+            return management_url
         vhost = address[len("vhost:"):]
-        path = "/" + quote(vhost.lstrip("/") if vhost != "/" else "", safe="")
-        if vhost == "/":
-            path = "/"
+        path = "/" if vhost in ("", "/") else "/" + quote(vhost, safe="")
         return urlunsplit(management._replace(path=path))
     target = urlsplit(address)
     if management.username is None:
@@ -291,7 +291,7 @@ class Client(RPCDispatcher):
     def _check_running(self) -> None:
         if self._failure is not None:
             raise ConnectFailed(f"{self.token}: {self._failure}")
-        if self._state != "running":
+        if self._state not in ("running", "stopping"):  # stopping: _on_stop may still call
             raise ClientStopped(f"{self.token} is not running ({self._state}); call start() "
                                 "or use it as a context manager")
 

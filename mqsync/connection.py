@@ -44,6 +44,9 @@ Setup = Callable[[Any], None]
 #: How long the loop waits for the broker when nothing else is due.  Inbound data wakes it
 #: at once on socket transports; only the in-process memory transport polls at this rate.
 POLL_INTERVAL = 0.005
+#: The longest pause between two reconnect attempts (they start at 0.1 s and double), so a
+#: client is back at most this long after its broker.
+MAX_RECONNECT_DELAY = 2.0
 #: Inbound messages delivered in one round before handed-over work gets its turn.
 INBOUND_BUDGET = 256
 
@@ -468,7 +471,7 @@ class IOThread:
                 logger.info("%s: reconnect attempt %d failed: %s; next in %.1f s",
                             self.name, attempt, error, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
                 continue
             self.reconnects += 1
             logger.warning("%s: reconnected to %s after %d attempt(s)", self.name, self.url,

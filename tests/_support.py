@@ -38,3 +38,8 @@ class RecordingSink(mqsync.Sink):
     def count(self, metric: str | None = None) -> int:
         with self._lock:
             return sum(1 for p in self.points if metric is None or p[0] == metric)
+
+    def distinct(self, metric: str) -> int:
+        """Points of ``metric`` with different timestamps (duplicates counted once)."""
+        with self._lock:
+            return len({t for m, t, _ in self.points if m == metric})

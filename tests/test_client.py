@@ -121,6 +121,8 @@ def test_derive_address():
     assert derive_address(management, "vhost:/") == "amqp://user:pw@host:5672/"
     assert derive_address(management, "amqps://other:5671/x") == "amqps://user:pw@other:5671/x"
     assert derive_address("memory://", "memory://") == "memory://"
+    assert derive_address("memory://", "vhost:/") == "memory://"
+    assert derive_address(management, "vhost:/x") == "amqp://user:pw@host:5672/%2Fx"
 
 
 def test_run_returns_after_stop_from_another_thread(unique):

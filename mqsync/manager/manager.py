@@ -17,7 +17,7 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..client import (
     BROADCAST_EXCHANGE,
@@ -59,6 +59,7 @@ class Manager(Client):
         self.configs = config if isinstance(config, ConfigStore) else ConfigStore(config)
         self.metadata = MetadataStore(metadata_file)
         self._data_url = data_url or url
+        self._data_url_given = data_url is not None and data_url != url
         self._data: IOThread | None = None
 
     # -- set-up --------------------------------------------------------------------
@@ -89,12 +90,17 @@ class Manager(Client):
 
     @property
     def data_server_address(self) -> str:
-        """The data broker as announced to clients: the URL without credentials."""
+        """The data broker as announced to clients.
+
+        ``vhost:<name>`` when data and management share a broker, so each client reaches
+        the data vhost the way it reaches the manager (its host, port, TLS and
+        credentials); otherwise the data URL without credentials.
+        """
         parts = urlsplit(self._data_url)
-        if "@" not in parts.netloc:
-            return self._data_url
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return urlunsplit(parts._replace(netloc=host))
+        if self._data_url_given:
+            host = parts.netloc.rsplit("@", 1)[-1]
+            return urlunsplit(parts._replace(netloc=host))
+        return "vhost:" + (unquote(parts.path[1:]) or "/")
 
     def _on_data(self, operation: Any) -> Any:
         assert self._data is not None

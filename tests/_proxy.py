@@ -1,0 +1,128 @@
+"""A loopback TCP proxy whose connections a test can cut, to inject network faults."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+
+class FaultProxy:
+    """Forwards ``127.0.0.1:<port>`` to ``target``; :meth:`cut` drops every connection and
+    :meth:`refuse` makes new ones fail until :meth:`accept` (a broker outage, seen from the
+    client).  One selector thread; :meth:`close` stops and joins it."""
+
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672):
+        self._target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._refusing = False
+        self._cut_requested = False
+        self._stop = threading.Event()
+        self.connections = 0
+        self._thread = threading.Thread(target=self._run, name="test-fault-proxy", daemon=True)
+        self._thread.start()
+
+    def url(self, broker_url: str) -> str:
+        """``broker_url`` with its host and port replaced by the proxy's."""
+        scheme, rest = broker_url.split("://", 1)
+        credentials, _, path = rest.partition("@")[2].partition("/")
+        user = rest.partition("@")[0]
+        return f"{scheme}://{user}@127.0.0.1:{self.port}/{path}" if credentials else broker_url
+
+    def cut(self) -> None:
+        """Close every proxied connection now (both directions)."""
+        with self._lock:
+            self._cut_requested = True
+
+    def refuse(self) -> None:
+        """Cut everything and refuse new connections until :meth:`accept`."""
+        with self._lock:
+            self._refusing = True
+            self._cut_requested = True
+
+    def accept(self) -> None:
+        with self._lock:
+            self._refusing = False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in list(self._peers):
+            sock.close()
+        self._listener.close()
+        self._selector.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                cut, self._cut_requested = self._cut_requested, False
+                refusing = self._refusing
+            if cut:
+                for sock in list(self._peers):
+                    self._drop(sock)
+            for key, _ in self._selector.select(timeout=0.05):
+                if key.fileobj is self._listener:
+                    self._accept_one(refusing)
+                else:
+                    self._pump(key.fileobj)
+
+    def _accept_one(self, refusing: bool) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        if refusing:
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(self._target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        self.connections += 1
+        for sock in (client, upstream):
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, None)
+        self._peers[client], self._peers[upstream] = upstream, client
+
+    def _pump(self, sock: socket.socket) -> None:
+        other = self._peers.get(sock)
+        if other is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sock)
+            return
+        try:
+            other.setblocking(True)
+            other.sendall(data)
+            other.setblocking(False)
+        except OSError:
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        other = self._peers.pop(sock, None)
+        for s in (sock, other):
+            if s is None:
+                continue
+            self._peers.pop(s, None)
+            try:
+                self._selector.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
