@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
@@ -117,12 +118,8 @@ class FaultProxy:
             if s is None:
                 continue
             self._peers.pop(s, None)
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(s)
-            except (KeyError, ValueError):
-                pass
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
