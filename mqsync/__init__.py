@@ -14,6 +14,7 @@ from .errors import (
     RPCTimeout,
 )
 from .interval_source import IntervalSource
+from .plugin import ConfigOption, PluginSource, SourceKind, hookimpl, load_plugins
 from .rpc import rpc_handler
 from .scheduler import TooManyFailures
 from .sink import DurableSink, Sink
@@ -25,6 +26,7 @@ __all__ = [
     "Client",
     "ClientStopped",
     "ConfigError",
+    "ConfigOption",
     "ConnectFailed",
     "Drain",
     "DurableSink",
@@ -32,11 +34,13 @@ __all__ = [
     "InvalidMessage",
     "MqsyncError",
     "PluginError",
+    "PluginSource",
     "PublishFailed",
     "RPCError",
     "RPCTimeout",
     "Sink",
     "Source",
+    "SourceKind",
     "Subscriber",
     "TimeAggregate",
     "TimeValue",
@@ -44,5 +48,7 @@ __all__ = [
     "Timestamp",
     "TooManyFailures",
     "__version__",
+    "hookimpl",
+    "load_plugins",
     "rpc_handler",
 ]

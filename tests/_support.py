@@ -9,7 +9,8 @@ from typing import Callable
 import mqsync
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0,
+               interval: float = 0.01) -> bool:
     """Poll ``condition`` until it holds or ``timeout`` passed; return the last result."""
     deadline = time.monotonic() + timeout
     while not condition():

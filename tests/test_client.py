@@ -58,9 +58,8 @@ def test_direct_rpc_replies_and_errors_reach_the_caller(unique):
 
 
 def test_rpc_to_nobody_times_out_in_the_caller(unique):
-    with mqsync.Client(f"caller-{unique}") as caller:
-        with pytest.raises(mqsync.RPCTimeout):
-            caller.rpc_direct(f"nobody-{unique}", "echo", timeout=0.2)
+    with mqsync.Client(f"caller-{unique}") as caller, pytest.raises(mqsync.RPCTimeout):
+        caller.rpc_direct(f"nobody-{unique}", "echo", timeout=0.2)
 
 
 def test_rpc_arguments_must_be_json(unique):

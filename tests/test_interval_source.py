@@ -26,7 +26,8 @@ class DummySource(mqsync.IntervalSource):
 
         metadata = {
             "rate": rate,
-            "description": "A simple dummy metric providing random values, sent from a python DummySource",
+            "description": "A simple dummy metric providing random values, "
+            "sent from a python DummySource",
         }
         self.declare_metrics({"example.py.interval-dummy": metadata})
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from mqsync.errors import InvalidMessage, RPCError
-from mqsync.rpc import PendingCalls, RPCDispatcher, UnknownFunction, decode_json, encode_json, rpc_handler
+from mqsync.rpc import (
+    PendingCalls,
+    RPCDispatcher,
+    UnknownFunction,
+    decode_json,
+    encode_json,
+    rpc_handler,
+)
 
 
 class Base(RPCDispatcher):

@@ -35,13 +35,13 @@ def test_the_drain_how_to_runs(unique):
 
 def test_time_window_filter(unique):
     metric = f"test.{unique}.window"
-    with mqsync.Source(f"source-{unique}", chunk_size=7) as source:
-        with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
-            for i in range(100):
-                source.send(metric, T0 + i, float(i))
-            source.flush()
-            got = [v for _, _, v in subscriber.collect_data(
-                start=mqsync.Timestamp(T0 + 10), end=mqsync.Timestamp(T0 + 19))]
+    with mqsync.Source(f"source-{unique}", chunk_size=7) as source, \
+            Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
+        for i in range(100):
+            source.send(metric, T0 + i, float(i))
+        source.flush()
+        got = [v for _, _, v in subscriber.collect_data(
+            start=mqsync.Timestamp(T0 + 10), end=mqsync.Timestamp(T0 + 19))]
     assert got == [float(i) for i in range(10, 20)]
 
 
@@ -56,11 +56,11 @@ def test_expires_is_required_and_checked():
 
 def test_a_released_queue_gives_a_clear_error(unique):
     metric = f"test.{unique}.gone"
-    with mqsync.Client(f"holder-{unique}") as holder:
-        with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
-            holder.rpc("sink.release", dataQueue=subscriber.queue)
-            with pytest.raises(mqsync.RPCError, match="does not exist"):
-                list(subscriber.collect_data(timeout=5))
+    with mqsync.Client(f"holder-{unique}") as holder, \
+            Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
+        holder.rpc("sink.release", dataQueue=subscriber.queue)
+        with pytest.raises(mqsync.RPCError, match="does not exist"):
+            list(subscriber.collect_data(timeout=5))
 
 
 def test_leaving_without_collecting_releases_the_queue(unique):
