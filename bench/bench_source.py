@@ -1,0 +1,387 @@
+"""Benchmark: publishing with mqsync's Source against the official client, a bare loop and
+raw kombu.
+
+    python bench/bench_source.py [--quick] [--runs 5] [--url URL] [--profile]
+
+**Per-point send()**, for 1 and 100 metrics and chunk sizes 1, 100 and 1000: the same
+points (point ``i`` of metric ``j``: ``Timestamp(T0 + i ms)``, value ``i*0.5 + j``, sent
+metric by metric interleaved, built before the clock starts) go through
+
+- mqsync: ``for ...: source.send(metric, timestamp, value)`` then ``source.flush()``,
+  which returns once the broker confirmed every chunk (publisher confirms);
+- the official ``metricq.Source`` 5.4.0 (a subprocess in the interop venv, timing its own
+  ``await source.send(...)`` loop and ``await source.flush()``).  The official client
+  publishes without confirms: its flush returns once the chunks went to the socket, not
+  when the broker has them.  So the benchmark also watches the queue and reports when it
+  held every official message ("official until queued");
+- a bare Python loop that only appends the same (delta, value) pairs to two lists.
+
+Figures: points/s of "send loop + flush", and of mqsync's send loop alone.  A queue bound
+to the benchmark's metrics receives everything (purged after each run), so "the broker
+has it" means routed and enqueued.  mqsync, official and bare runs alternate.
+
+**Bulk send**: ``Source.send_many(metric, times, values)`` with 1000-point chunks, then
+``flush()``, against a raw loop doing only the unavoidable work on a plain kombu
+connection: ``encode_chunk`` + ``channel.basic_publish`` per chunk, without confirms
+(then one synchronous round trip, so the broker processed them) and with pipelined
+confirms (``confirm_select``, publish all, wait for the last ack), as mqsync does.
+
+``--profile`` skips the timing and runs the mqsync paths under cProfile (every thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+from _common import STEP_NS, T0, Result, median  # noqa: E402
+
+import mqsync  # noqa: E402
+from mqsync.chunk import encode_chunk  # noqa: E402
+
+CHUNK_SIZES = (1, 100, 1000)
+METRIC_COUNTS = (1, 100)
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    """Points per run: chunk 1 sends a message per point, so it gets fewer."""
+    if quick:
+        return {"per_point": {1: 3_000, 100: 40_000, 1000: 40_000}, "bulk": 200_000}
+    return {"per_point": {1: 20_000, 100: 200_000, 1000: 200_000}, "bulk": 1_000_000}
+
+
+def point_value(index: int, metric_index: int) -> float:
+    """As ``bench/official_peers/_bench_peer.point_value``."""
+    return index * 0.5 + metric_index
+
+
+class Config:
+    """One per-point case: how many metrics, which chunk size, how many points per metric."""
+
+    def __init__(self, metrics: int, chunk_size: int, points: int):
+        self.metric_count = metrics
+        self.chunk_size = chunk_size
+        # at least one full chunk per metric
+        self.per_metric = max(points // metrics, chunk_size)
+        self.points = self.per_metric * metrics
+        self.metrics = [f"bench.source.n{metrics}.c{chunk_size}.m{j}" for j in range(metrics)]
+        self.messages = metrics * -(-self.per_metric // chunk_size)
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric_count} metric{'s' if self.metric_count > 1 else ''}, " \
+               f"chunk {self.chunk_size}"
+
+    def points_with_timestamps(self) -> list[tuple[str, mqsync.Timestamp, float]]:
+        return [(metric, mqsync.Timestamp(T0 + i * STEP_NS), point_value(i, j))
+                for i in range(self.per_metric) for j, metric in enumerate(self.metrics)]
+
+    def deltas(self) -> list[tuple[str, int, float]]:
+        return [(metric, T0 if i == 0 else STEP_NS, point_value(i, j))
+                for i in range(self.per_metric) for j, metric in enumerate(self.metrics)]
+
+
+# -- the contenders ---------------------------------------------------------------------
+
+
+def mqsync_send(source: mqsync.Source, points: list[tuple[str, Any, float]]) -> tuple[float,
+                                                                                       float]:
+    """Send every point and flush; return (send loop seconds, loop + flush seconds)."""
+    send = source.send
+    started = time.perf_counter()
+    for metric, timestamp, value in points:
+        send(metric, timestamp, value)
+    looped = time.perf_counter()
+    source.flush()
+    return looped - started, time.perf_counter() - started
+
+
+def bare_loop(triples: list[tuple[str, int, float]]) -> None:
+    deltas: list[int] = []
+    values: list[float] = []
+    append_delta = deltas.append
+    append_value = values.append
+    for _metric, delta, value in triples:
+        append_delta(delta)
+        append_value(value)
+
+
+def official_send(peer: _common.OfficialPeer, url: str, queue: str,
+                  config: Config) -> tuple[float, float]:
+    """Return (send loop + flush seconds, seconds until the queue held every message)."""
+    watcher = _common.DepthWatcher(url, queue, config.messages)
+    try:
+        result = peer.run(300, metrics=config.metrics, per_metric=config.per_metric,
+                          chunk_size=config.chunk_size, start_ns=T0, step_ns=STEP_NS)
+        reached = watcher.wait()
+    finally:
+        watcher.close()
+    return result["total_s"], max(result["total_s"], reached - result["start_monotonic"])
+
+
+# -- per-point send ---------------------------------------------------------------------
+
+
+def bench_per_point(url: str, runs: int, quick: bool, official: _common.OfficialPeer | None,
+                    broker: _common.Broker, queue: str) -> list[Result]:
+    results: list[Result] = []
+    print(f"\nper-point send(): points/s, median of {runs} runs (send loop + flush; mqsync "
+          f"waits for publisher confirms, the official flush does not)")
+    header = (f"{'case':<22} {'points':>7} {'mqsync':>10} {'mq loop':>10} {'official':>10} "
+              f"{'off queued':>10} {'bare loop':>10} {'vs off':>7} {'vs bare':>7} "
+              f"{'loop/bare':>9}")
+    print(header)
+    for metric_count in METRIC_COUNTS:
+        for chunk_size in CHUNK_SIZES:
+            config = Config(metric_count, chunk_size, sizes(quick)["per_point"][chunk_size])
+            results.extend(_per_point_case(url, runs, config, official, broker, queue))
+    return results
+
+
+def _per_point_case(url: str, runs: int, config: Config, official: _common.OfficialPeer | None,
+                    broker: _common.Broker, queue: str) -> list[Result]:
+    points = config.points_with_timestamps()
+    triples = config.deltas()
+    figures: dict[str, list[float]] = {"mqsync": [], "loop": [], "official": [], "queued": [],
+                                       "bare": []}
+    token = f"source-bench-{uuid.uuid4().hex[:6]}"
+    with mqsync.Source(token, url, chunk_size=config.chunk_size) as source:
+        mqsync_send(source, points[: min(len(points), 1000)])  # warm up: buffers, caches
+        if official is not None:  # the same for the official client
+            official.run(300, metrics=config.metrics,
+                         per_metric=max(1, min(config.per_metric, 1000 // config.metric_count)),
+                         chunk_size=config.chunk_size, start_ns=T0, step_ns=STEP_NS)
+        time.sleep(0.2)  # the official warm-up is not confirmed: let the broker take it
+        broker.purge(queue)
+        for run in range(runs):
+            order = ["mqsync", "official", "bare"]
+            if run % 2:
+                order.reverse()
+            for way in order:
+                if way == "mqsync":
+                    gc.collect()  # as _common.timed() does for the others
+                    loop_s, total_s = mqsync_send(source, points)
+                    broker.wait_depth(queue, config.messages)
+                    broker.purge(queue)
+                    figures["mqsync"].append(config.points / total_s)
+                    figures["loop"].append(config.points / loop_s)
+                elif way == "official" and official is not None:
+                    total_s, queued_s = official_send(official, url, queue, config)
+                    broker.purge(queue)
+                    figures["official"].append(config.points / total_s)
+                    figures["queued"].append(config.points / queued_s)
+                elif way == "bare":
+                    figures["bare"].append(
+                        _common.rate_of(lambda: bare_loop(triples), config.points))
+    rate = {key: median(values) for key, values in figures.items()}
+    vs_official = rate["mqsync"] / rate["official"] if figures["official"] else float("nan")
+    print(f"{config.label:<22} {config.points:>7} {_k(rate['mqsync'])} {_k(rate['loop'])} "
+          f"{_k(rate['official'])} {_k(rate['queued'])} {_k(rate['bare'])} "
+          f"{vs_official:>6.2f}x {rate['mqsync'] / rate['bare']:>6.2f}x "
+          f"{rate['loop'] / rate['bare']:>8.2f}x", flush=True)
+    at_1000 = config.chunk_size == 1000
+    results = [
+        Result(f"send() {config.label}", rate["mqsync"], "points/s", "official Source",
+               rate["official"] if figures["official"] else None,
+               target_ratio=3.0 if at_1000 else None,
+               note="send loop + flush; mqsync confirmed, official flush not confirmed"
+               if config.chunk_size == 1 and config.metric_count == 1 else ""),
+        Result(f"send() {config.label}", rate["mqsync"], "points/s", "bare loop", rate["bare"],
+               target_ratio=0.4 if at_1000 else None),
+    ]
+    if at_1000:
+        results.append(Result(f"send() loop only {config.label}", rate["loop"], "points/s",
+                              "bare loop", rate["bare"]))
+    return results
+
+
+def _k(rate: float) -> str:
+    if rate != rate:
+        return f"{'n/a':>10}"
+    return f"{rate / 1e3:>8.1f} k"
+
+
+# -- bulk send --------------------------------------------------------------------------
+
+
+def bench_bulk(url: str, runs: int, quick: bool, broker: _common.Broker,
+               queue: str) -> list[Result]:
+    points = sizes(quick)["bulk"]
+    chunk = 1000
+    metric = "bench.source.bulk"
+    chunks = [([T0 + i * STEP_NS for i in range(first, min(points, first + chunk))],
+               [point_value(i, 0) for i in range(first, min(points, first + chunk))])
+              for first in range(0, points, chunk)]
+    messages = len(chunks)
+    print(f"\nbulk send: {points} points of one metric in chunks of {chunk}, points/s, "
+          f"median of {runs} runs")
+    figures: dict[str, list[float]] = {"mqsync": [], "raw": [], "raw_confirms": []}
+    token = f"source-bench-bulk-{uuid.uuid4().hex[:6]}"
+    with mqsync.Source(token, url, chunk_size=chunk) as source, \
+            _common.Broker(url) as raw, _ConfirmingPublisher(url) as confirming:
+        send_many = source.send_many
+
+        def run_mqsync() -> None:
+            for times, values in chunks:
+                send_many(metric, times, values)
+            source.flush()
+
+        def run_raw() -> None:
+            channel = raw.channel
+            for times, values in chunks:
+                message = channel.prepare_message(encode_chunk(times, values), None, None,
+                                                  None, None, {"delivery_mode": 1})
+                channel.basic_publish(message, exchange="metricq.data", routing_key=metric)
+            raw.depth(queue)  # one round trip: the broker has processed the publishes
+
+        def run_confirms() -> None:
+            confirming.publish_chunks(metric, chunks)
+
+        run_mqsync()  # warm up
+        broker.wait_depth(queue, messages)
+        broker.purge(queue)
+        ways = {"mqsync": run_mqsync, "raw": run_raw, "raw_confirms": run_confirms}
+        for run in range(runs):
+            order = list(ways)
+            if run % 2:
+                order.reverse()
+            for way in order:
+                seconds = _common.timed(ways[way])
+                broker.wait_depth(queue, messages)
+                broker.purge(queue)
+                figures[way].append(points / seconds)
+    rate = {key: median(values) for key, values in figures.items()}
+    print(f"{'way':<52} {'points/s':>12} {'mqsync / it':>11}")
+    for key, label in (("mqsync", "mqsync send_many + flush (confirmed)"),
+                       ("raw", "raw encode_chunk + kombu basic_publish, no confirms"),
+                       ("raw_confirms", "raw encode_chunk + basic_publish, pipelined confirms")):
+        print(f"{label:<52} {rate[key] / 1e6:>10.3f} M {rate['mqsync'] / rate[key]:>10.2f}x")
+    return [
+        Result("send_many 1000/chunk", rate["mqsync"], "points/s", "raw encode+publish+confirm",
+               rate["raw_confirms"], target_ratio=0.8),
+        Result("send_many 1000/chunk", rate["mqsync"], "points/s", "raw encode+publish",
+               rate["raw"], target_ratio=0.8, note="raw: no confirms, one round trip at the end"),
+    ]
+
+
+class _ConfirmingPublisher:
+    """Raw kombu with pipelined publisher confirms: publish everything, wait for the acks."""
+
+    def __init__(self, url: str):
+        self.broker = _common.Broker(url)
+        channel = self.broker.channel
+        channel.confirm_select()
+        self.published = 0
+        self.acked = 0
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self.acked = delivery_tag if multiple else self.acked + 1
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        raise RuntimeError(f"the broker refused message {delivery_tag}")
+
+    def publish_chunks(self, metric: str, chunks: list[tuple[list[int], list[float]]]) -> None:
+        channel = self.broker.channel
+        for times, values in chunks:
+            message = channel.prepare_message(encode_chunk(times, values), None, None, None,
+                                              None, {"delivery_mode": 1})
+            channel.basic_publish(message, exchange="metricq.data", routing_key=metric)
+        self.published += len(chunks)
+        self._wait()
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 60
+        while self.acked < self.published:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.published - self.acked} publishes not confirmed")
+            with contextlib.suppress(TimeoutError):
+                self.broker.connection.drain_events(timeout=1)
+
+    def __enter__(self) -> _ConfirmingPublisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.broker.close()
+
+
+# -- profile ----------------------------------------------------------------------------
+
+
+def profile(url: str, quick: bool) -> None:
+    """Run the mqsync send paths under cProfile, one chunk size at a time."""
+    for chunk_size in CHUNK_SIZES:
+        config = Config(1, chunk_size, sizes(quick)["per_point"][chunk_size])
+        points = config.points_with_timestamps()
+        with _common.profile_all_threads(f"send() 1 metric, chunk {chunk_size}, "
+                                         f"{config.points} points"), \
+                mqsync.Source(f"source-profile-{uuid.uuid4().hex[:6]}", url,
+                              chunk_size=chunk_size) as source:
+            mqsync_send(source, points)
+    points = sizes(quick)["bulk"]
+    chunks = [([T0 + i * STEP_NS for i in range(first, first + 1000)],
+               [float(i) for i in range(first, first + 1000)]) for first in range(0, points, 1000)]
+    with _common.profile_all_threads(f"send_many, {points} points in chunks of 1000"), \
+            mqsync.Source(f"source-profile-{uuid.uuid4().hex[:6]}", url,
+                          chunk_size=1000) as source:
+        for times, values in chunks:
+            source.send_many("bench.source.bulk", times, values)
+        source.flush()
+
+
+# -- entry points -----------------------------------------------------------------------
+
+
+def run(url: str, runs: int, quick: bool) -> list[Result]:
+    """Every figure of this benchmark on a network (a vhost with a manager) at ``url``."""
+    queue = f"bench-source-{uuid.uuid4().hex[:6]}"
+    with _common.Broker(url) as broker:
+        broker.declare_queue(queue, ["bench.source.#"])
+        try:
+            unavailable = _common.official_unavailable()
+            if unavailable:
+                print(f"(the official client is unavailable, no comparison: {unavailable})")
+                official_peer: contextlib.AbstractContextManager = contextlib.nullcontext()
+            else:
+                official_peer = _common.OfficialPeer("official_send.py", "--url", url)
+            with official_peer as official:
+                results = bench_per_point(url, runs, quick, official, broker, queue)
+            results += bench_bulk(url, runs, quick, broker, queue)
+        finally:
+            broker.delete(queue)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _common.add_common_arguments(parser)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the mqsync paths instead of timing them")
+    args = parser.parse_args(argv)
+    _common.check_runs(parser, args.runs)
+    _common.raise_on_sigterm()
+    print(_common.machine_line())
+    started = time.perf_counter()
+    with _common.network(args.url) as url:
+        if args.profile:
+            profile(url, args.quick)
+            return 0
+        results = run(url, args.runs, args.quick)
+    _common.print_results("source summary (ratio > 1: mqsync ahead)", results)
+    _common.write_json(args.json, results)
+    print(f"\n(took {time.perf_counter() - started:.1f} s; {_common.machine_line()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
