@@ -90,7 +90,7 @@ class ChunkPublisher:
             self.handed_chunks += 1
         chunk = _Chunk(metric, payload, points, spool_id)
         assert self.io is not None
-        self.io.submit(lambda channel: self._emit_new(channel, chunk))
+        self.io.post(lambda channel: self._emit_new(channel, chunk))
 
     def replay_spool(self, timeout: float) -> int:
         """Hand over, in order, what the spool still holds from an earlier run."""
@@ -110,7 +110,7 @@ class ChunkPublisher:
                     self.handed_chunks += 1
                 chunk = _Chunk(row.metric, row.payload, row.points, row.id)
                 assert self.io is not None
-                self.io.submit(lambda channel, chunk=chunk: self._emit_new(channel, chunk))
+                self.io.post(lambda channel, chunk=chunk: self._emit_new(channel, chunk))
                 replayed += 1
             after = rows[-1].id
         if replayed:

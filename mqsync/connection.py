@@ -110,7 +110,8 @@ class IOThread:
         self._on_reconnect = on_reconnect
         self._on_fatal = on_fatal
 
-        self._ops: collections.deque[tuple[Callable[[Any], Any], Future]] = collections.deque()
+        self._ops: collections.deque[tuple[Callable[[Any], Any], Future | None]] = \
+            collections.deque()
         self._ops_lock = threading.Lock()
         self._wake_pending = False
         self._wake_r, self._wake_w = os.pipe()
@@ -125,6 +126,7 @@ class IOThread:
         self._closed = False
         self._connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._channel_errors: tuple[type[BaseException], ...] = ()
+        self._socket_transport = False
         #: Number of reconnects after the first connect.
         self.reconnects = 0
         #: Incremented on every (re)connect: work tied to one channel (an ack of a delivery
@@ -210,6 +212,30 @@ class IOThread:
         if wake:
             self._wake()
         return future
+
+    def post(self, operation: Callable[[Any], Any]) -> None:
+        """Run ``operation(channel)`` on the IO thread; nobody waits for the result.
+
+        The data paths use this instead of :meth:`submit` (no future per chunk or ack).
+        An error is logged; a connection error runs it again after reconnecting.
+        """
+        if self._fatal is not None or self._stop.is_set() or self._closed:
+            logger.debug("%s: dropped work handed over after the end", self.name)
+            return
+        with self._ops_lock:
+            self._ops.append((operation, None))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    @property
+    def acks_multiple(self) -> bool:
+        """Whether ``basic_ack(tag, multiple=True)`` acks every earlier delivery too.
+
+        True on AMQP brokers; kombu's in-process transports ack only the one tag.
+        """
+        return self._socket_transport
 
     def call(self, operation: Callable[[Any], T], timeout: float | None) -> T:
         """Run ``operation(channel)`` on the IO thread and wait for its result."""
@@ -324,6 +350,13 @@ class IOThread:
             if self._prefetch_count:
                 channel.basic_qos(0, self._prefetch_count, False)
             self._connection, self._channel = connection, channel
+            self._socket_transport = getattr(connection.connection, "sock", None) is not None
+            # py-amqp reads the socket before every publish when the broker may send
+            # connection.blocked; this loop reads everything the broker sends anyway.
+            capabilities = getattr(connection.connection, "client_properties", {}).get(
+                "capabilities")
+            if isinstance(capabilities, dict):
+                capabilities["connection.blocked"] = False
             self._consumers = {}
             self._connection_errors = (OSError, *connection.connection_errors)
             self._channel_errors = tuple(connection.channel_errors)
@@ -416,12 +449,13 @@ class IOThread:
             self._wake_pending = False
         while ops:
             operation, future = ops.popleft()
-            if not future.running() and not future.set_running_or_notify_cancel():
+            if future is not None and not future.running() \
+                    and not future.set_running_or_notify_cancel():
                 continue
             try:
                 result = operation(self._channel)
             except self._channel_errors as error:
-                future.set_exception(error)
+                _settle_failed(future, error, self.name)
                 if not getattr(self._channel, "is_open", True):
                     self._requeue(ops)
                     raise _ChannelClosed(error) from error
@@ -430,9 +464,10 @@ class IOThread:
                 self._requeue(collections.deque([(operation, future)]) + ops)
                 raise
             except BaseException as error:  # noqa: BLE001 - handed to the caller
-                future.set_exception(error)
+                _settle_failed(future, error, self.name)
             else:
-                future.set_result(result)
+                if future is not None:
+                    future.set_result(result)
 
     def _requeue(self, ops: collections.deque) -> None:
         with self._ops_lock:
@@ -490,7 +525,7 @@ class IOThread:
         with self._ops_lock:
             ops, self._ops = self._ops, collections.deque()
         for _, future in ops:
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(error)
         if self._on_fatal is not None:
             try:
@@ -502,10 +537,17 @@ class IOThread:
         with self._ops_lock:
             ops, self._ops = self._ops, collections.deque()
         for _, future in ops:
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(ClientStopped(f"{self.name} stopped"))
         _close_quietly(self._connection)
         self._connection, self._channel = None, None
+
+
+def _settle_failed(future: Future | None, error: BaseException, name: str) -> None:
+    if future is not None:
+        future.set_exception(error)
+    else:
+        logger.error("%s: work on the IO thread failed: %s", name, error, exc_info=error)
 
 
 class _ChannelClosed(Exception):

@@ -50,6 +50,8 @@ class Sink(Client):
         self._data: IOThread | None = None
         self._data_worker = Worker(f"mqsync-{self.token}-data")
         self._subscription_lock = threading.Lock()
+        self._ack_upto: int | None = None  # IO thread only
+        self._ack_scheduled = False
 
     # -- callbacks -------------------------------------------------------------------
 
@@ -60,8 +62,9 @@ class Sink(Client):
     def on_chunk(self, metric: str, times_ns: Sequence[int], values: Sequence[float]) -> None:
         """Called for every received chunk; calls :meth:`on_data` per point by default."""
         on_data = self.on_data
+        timestamp = Timestamp._from_int  # the decoder gives ints: no check needed
         for time_ns, value in zip(times_ns, values):
-            on_data(metric, Timestamp(time_ns), value)
+            on_data(metric, timestamp(time_ns), value)
 
     def on_end(self) -> None:
         """Called when the end-of-stream marker arrives (after an unsubscribe)."""
@@ -172,12 +175,28 @@ class Sink(Client):
         def settle(channel: Any) -> None:
             if data.generation != generation:
                 return  # the channel it came on is gone; the broker redelivers it
+            if how == "ack" and data.acks_multiple:
+                # Settled in delivery order: one ack with multiple=True per round of the
+                # IO loop covers every message handled since the last one.
+                self._ack_upto = message.delivery_tag
+                if not self._ack_scheduled:
+                    self._ack_scheduled = True
+                    data.post(lambda channel: self._flush_acks(channel, generation))
+                return
+            self._flush_acks(channel, generation)
             if how == "ack":
                 message.ack()
             else:
                 message.reject(requeue=False)
 
-        data.submit(settle)
+        data.post(settle)
+
+    def _flush_acks(self, channel: Any, generation: int) -> None:
+        """IO thread: send the pending multiple-ack, if any."""
+        self._ack_scheduled = False
+        upto, self._ack_upto = self._ack_upto, None
+        if upto is not None and self._data is not None and self._data.generation == generation:
+            channel.basic_ack(upto, multiple=True)
 
     def _on_stop(self, timeout: float) -> None:
         data = self._data

@@ -16,6 +16,7 @@ then raises :class:`~mqsync.errors.PublishFailed`, keeping the points buffered.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -232,7 +233,8 @@ class Source(Client):
                 longer than ``send_timeout``.
             TypeError, ValueError: a bad metric name, time or value.
         """
-        time_ns = time.posix_ns if type(time) is Timestamp else _as_ns(time)
+        kind = type(time)
+        time_ns = time.posix_ns if kind is Timestamp else time if kind is int else _as_ns(time)
         if type(value) is not float:
             value = _as_float(value)
         with self._buffer_lock:
@@ -245,8 +247,10 @@ class Source(Client):
     def send_many(self, metric: str, times: Sequence[Timestamp | int],
                   values: Sequence[float]) -> None:
         """Buffer many points of one metric at once (times as Timestamps or int ns)."""
-        times_ns = [t.posix_ns if type(t) is Timestamp else _as_ns(t) for t in times]
-        floats = [v if type(v) is float else _as_float(v) for v in values]
+        # Fast paths for the usual sequences of ints and floats (a type check per point
+        # in C); anything else is converted and checked point by point.
+        times_ns = times if set(map(type, times)) == {int} else [_as_ns(t) for t in times]
+        floats = values if set(map(type, values)) == {float} else [_as_float(v) for v in values]
         with self._buffer_lock:
             buffer = self._buffers.get(metric)
             if buffer is None:
@@ -313,10 +317,13 @@ class Source(Client):
 
 
 def _as_ns(time: Any) -> int:
-    if isinstance(time, Timestamp):
+    if type(time) is Timestamp:
         return time.posix_ns
-    if isinstance(time, int) and not isinstance(time, bool):
-        return time
+    if not isinstance(time, bool):
+        try:
+            return operator.index(time)  # int, and integer types such as numpy.int64
+        except TypeError:
+            pass
     raise TypeError(f"time must be a Timestamp or int nanoseconds since the epoch, got "
                     f"{type(time).__name__} {time!r}")
 

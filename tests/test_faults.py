@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,11 +33,15 @@ def proxy():
     proxy.close()
 
 
-def _stream(source: mqsync.Source, metric: str, count: int, pace_every: int = 1000) -> None:
+def _stream(source: mqsync.Source, metric: str, count: int, pace_every: int = 1000,
+            fault=None) -> None:
+    """Send ``count`` points steadily; call ``fault()`` a third of the way through."""
     for i in range(count):
         source.send(metric, T0 + i, float(i))
         if i % pace_every == 0:
             time.sleep(0.001)  # a steady stream, not one burst
+        if fault is not None and i == count // 3:
+            fault()
     source.flush(timeout=60)
 
 
@@ -58,10 +61,7 @@ def test_connection_cut_mid_stream_loses_nothing(manager, proxy, unique, tmp_pat
         with mqsync.Source(f"source-{unique}", proxy.url(manager.url), chunk_size=100,
                            spool=tmp_path / "spool.db" if spool else None,
                            reconnect_timeout=30) as source:
-            cutter = threading.Timer(0.3, proxy.cut)
-            cutter.start()
-            _stream(source, metric, N)
-            cutter.join()
+            _stream(source, metric, N, fault=proxy.cut)
             assert source._data.reconnects >= 1
             assert source.stats().get("lost_points", 0) == 0
         assert wait_until(lambda: sink.distinct(metric) == N, timeout=60)
@@ -121,10 +121,7 @@ def test_sink_survives_a_cut_of_its_own_connection(manager, proxy, unique):
     with RecordingSink(f"sink-{unique}", proxy.url(manager.url)) as sink, \
             mqsync.Source(f"source-{unique}", manager.url, chunk_size=100) as source:
         sink.subscribe([metric])
-        cutter = threading.Timer(0.3, proxy.cut)
-        cutter.start()
-        _stream(source, metric, N // 2)
-        cutter.join()
+        _stream(source, metric, N // 2, fault=proxy.cut)
         assert wait_until(lambda: sink.distinct(metric) == N // 2, timeout=60)
         duplicates = _check_every_point_once_or_more(sink, metric, N // 2)
     print(f"sink cut: sent {N // 2}, received {sink.count(metric)}, duplicates {duplicates}")
