@@ -13,6 +13,14 @@ from .errors import (
     RPCError,
     RPCTimeout,
 )
+from .history import (
+    HistoryClient,
+    HistoryError,
+    HistoryRequestType,
+    HistoryResponse,
+    HistoryResponseType,
+    InvalidHistoryResponse,
+)
 from .interval_source import IntervalSource
 from .plugin import ConfigOption, PluginSource, SourceKind, hookimpl, load_plugins
 from .rpc import rpc_handler
@@ -30,7 +38,13 @@ __all__ = [
     "ConnectFailed",
     "Drain",
     "DurableSink",
+    "HistoryClient",
+    "HistoryError",
+    "HistoryRequestType",
+    "HistoryResponse",
+    "HistoryResponseType",
     "IntervalSource",
+    "InvalidHistoryResponse",
     "InvalidMessage",
     "MqsyncError",
     "PluginError",

@@ -212,6 +212,63 @@ class Manager(Client):
                 "historyExchange": HISTORY_EXCHANGE, "historyQueue": queue,
                 "config": self.configs.get(from_token)}
 
+    # -- databases -------------------------------------------------------------------
+    #
+    # As metricq-manager does: a database's queues are "<token>-data" and "<token>-hreq",
+    # durable and neither exclusive nor auto-delete (they keep data and requests while the
+    # database restarts).  db.subscribe binds the data queue to metricq.data and the history
+    # request queue to metricq.history for the metrics, removes the bindings of metrics the
+    # database no longer keeps, and marks the metrics historic.
+
+    def _declare_db_queues(self, token: str) -> tuple[str, str]:
+        data_queue, history_queue = f"{token}-data", f"{token}-hreq"
+
+        def declare(channel: Any) -> None:
+            for queue in (data_queue, history_queue):
+                channel.queue_declare(queue=queue, durable=True, exclusive=False,
+                                      auto_delete=False)
+
+        self._on_data(declare)
+        return data_queue, history_queue
+
+    @rpc_handler("db.register")
+    def _db_register(self, from_token: str, **_: Any) -> dict[str, Any]:
+        data_queue, history_queue = self._declare_db_queues(from_token)
+        logger.info("database %s registered", from_token)
+        return {"dataServerAddress": self.data_server_address, "dataExchange": DATA_EXCHANGE,
+                "dataQueue": data_queue, "historyExchange": HISTORY_EXCHANGE,
+                "historyQueue": history_queue, "config": self.configs.get(from_token)}
+
+    @rpc_handler("db.subscribe")
+    def _db_subscribe(self, from_token: str, metrics: Any = None, metadata: bool = True,
+                      **_: Any) -> dict[str, Any]:
+        data_names, history_names = _db_bindings(metrics)
+        data_queue, history_queue = self._declare_db_queues(from_token)
+        previous = self.metadata.db_bindings(from_token) or {"data": [], "history": []}
+        stale_data = sorted(set(previous["data"]) - set(data_names))
+        stale_history = sorted(set(previous["history"]) - set(history_names))
+
+        def rebind(channel: Any) -> None:
+            for name in data_names:
+                channel.queue_bind(queue=data_queue, exchange=DATA_EXCHANGE, routing_key=name)
+            for name in history_names:
+                channel.queue_bind(queue=history_queue, exchange=HISTORY_EXCHANGE,
+                                   routing_key=name)
+            for name in stale_data:
+                channel.queue_unbind(queue=data_queue, exchange=DATA_EXCHANGE, routing_key=name)
+            for name in stale_history:
+                channel.queue_unbind(queue=history_queue, exchange=HISTORY_EXCHANGE,
+                                     routing_key=name)
+
+        self._on_data(rebind)
+        self.metadata.set_db_bindings(from_token, data_names, history_names)
+        self.metadata.mark_historic(history_names)
+        logger.info("database %s keeps %d metric(s) (%d unbound)", from_token,
+                    len(history_names), len(stale_history))
+        return {"dataServerAddress": self.data_server_address, "dataQueue": data_queue,
+                "historyQueue": history_queue,
+                "metrics": self._metrics_reply(history_names, metadata)}
+
     # -- metrics -------------------------------------------------------------------
 
     @rpc_handler("get_metrics")
@@ -259,6 +316,31 @@ def _metric_list(metrics: Any, function: str) -> list[str]:
         raise RPCError(f"{function} needs 'metrics': a list of metric names, got "
                        f"{type(metrics).__name__}")
     return [check_metric_name(name) for name in metrics]
+
+
+def _db_bindings(metrics: Any) -> tuple[list[str], list[str]]:
+    """Data and history routing keys of db.subscribe's ``metrics``.
+
+    An entry is a metric name, or ``{"name": ..., "input": ...}``: the database keeps
+    ``name`` (history requests) and reads it from ``input`` (data; default ``name``).
+    """
+    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
+        raise RPCError("db.subscribe needs 'metrics': a list of metric names or "
+                       f"{{\"name\", \"input\"}} objects, got {type(metrics).__name__}")
+    data: list[str] = []
+    history: list[str] = []
+    for entry in metrics:
+        if isinstance(entry, str):
+            name = input_name = entry
+        elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            name = entry["name"]
+            input_name = entry.get("input", name)
+        else:
+            raise RPCError(f"db.subscribe: invalid metric entry {entry!r}: expected a name "
+                           "or {\"name\": ..., \"input\": ...}")
+        data.append(check_metric_name(input_name))
+        history.append(check_metric_name(name))
+    return list(dict.fromkeys(data)), list(dict.fromkeys(history))
 
 
 def _expires_ms(expires: Any) -> int:

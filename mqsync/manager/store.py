@@ -74,10 +74,12 @@ class MetadataStore:
         self._lock = threading.Lock()
         self._metrics: dict[str, dict[str, Any]] = {}
         self._queues: dict[str, dict[str, Any]] = {}
+        self._databases: dict[str, dict[str, list[str]]] = {}
         if self.path is not None:
             saved = load_state(self.path, dict)
             self._metrics = dict(saved.get("metrics", {}))
             self._queues = dict(saved.get("queues", {}))
+            self._databases = dict(saved.get("databases", {}))
             logger.info("loaded metadata of %d metric(s) from %s", len(self._metrics), self.path)
 
     def declare(self, source: str, metrics: Mapping[str, Mapping[str, Any]]) -> None:
@@ -128,6 +130,19 @@ class MetadataStore:
                 self._queues[queue] = dict(arguments)
             self._save()
 
+    def db_bindings(self, token: str) -> dict[str, list[str]] | None:
+        """The routing keys a database's queues were bound to last: ``{"data", "history"}``."""
+        with self._lock:
+            bindings = self._databases.get(token)
+            return None if bindings is None else {k: list(v) for k, v in bindings.items()}
+
+    def set_db_bindings(self, token: str, data: Iterable[str], history: Iterable[str]) -> None:
+        """Remember a database's bindings (to remove those it drops at its next subscribe)."""
+        with self._lock:
+            self._databases[token] = {"data": list(data), "history": list(history)}
+            self._save()
+
     def _save(self) -> None:
         if self.path is not None:
-            save_state({"metrics": self._metrics, "queues": self._queues}, self.path)
+            save_state({"metrics": self._metrics, "queues": self._queues,
+                        "databases": self._databases}, self.path)
