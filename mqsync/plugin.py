@@ -133,7 +133,9 @@ def load_plugins(*, entry_points: bool = True, modules: Iterable[Any] = (),
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(Hookspecs)
     result = PluginSet()
-    origins: dict[int, tuple[str, str, str]] = {}
+    # In registration order (pluggy's own list is a set): the first plugin to offer a
+    # source kind name keeps it.
+    registered: list[tuple[Any, tuple[str, str, str]]] = []
     if only is None and os.environ.get(LOAD_ENV):
         only = [n.strip() for n in os.environ[LOAD_ENV].split(",") if n.strip()]
     wanted = set(only) if only is not None else None
@@ -152,18 +154,19 @@ def load_plugins(*, entry_points: bool = True, modules: Iterable[Any] = (),
                 _record_failure(result, entry_point.name, package, error)
                 _unregister(manager, entry_point.name)
                 continue
-            origins[id(plugin)] = (entry_point.name, package, version)
+            registered.append((plugin, (entry_point.name, package, version)))
     for module in modules:
         name = getattr(module, "__name__", repr(module))
         try:
             manager.register(module, name=name)
+            manager.check_pending()
         except Exception as error:  # noqa: BLE001
             _record_failure(result, name, name, error)
+            _unregister(manager, name)
             continue
-        origins[id(module)] = (name.rsplit(".", 1)[-1], name, "")
+        registered.append((module, (name.rsplit(".", 1)[-1], name, "")))
 
-    for plugin in manager.get_plugins():
-        plugin_name, package, version = origins.get(id(plugin), ("?", "?", ""))
+    for plugin, (plugin_name, package, version) in registered:
         implementation = getattr(plugin, "mqsync_source_kinds", None)
         if implementation is None:
             continue

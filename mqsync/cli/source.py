@@ -133,22 +133,16 @@ def _run(source: Any, args: argparse.Namespace) -> int:
     try:
         try:
             source.start()
-            if args.url is None:
+            if args.url is None and not args.once:
                 printer = _start_printer(source)
         except ConnectFailed as error:
             print(f"mqsync-source: {error}", file=sys.stderr)
             return EXIT_CONNECT
+        if args.once:
+            return _once(source, args)
         if args.url is None:
             print(f"mqsync-source: {args.plugin} on an embedded network (no --url); "
                   "printing live values, Ctrl-C to stop", file=sys.stderr, flush=True)
-        if args.once:
-            source.update()
-            source.flush()
-            if printer is not None:
-                _wait_printed(printer, source.sent_points, stop)
-            else:
-                print(f"mqsync-source: sent {source.sent_points} point(s) to {source.url}")
-            return EXIT_FAILURE if source.stats().get("lost_points") else EXIT_OK
         known = set(source.metrics())
         while not stop.wait(0.5):
             if source.wait(0):  # stopped by itself: a failure
@@ -180,10 +174,35 @@ def _start_printer(source: Any) -> PrintingSink:
     return printer
 
 
-def _wait_printed(printer: PrintingSink, expected: int, stop: threading.Event) -> None:
-    for _ in range(100):
-        if printer.received >= expected or stop.wait(0.05):
-            return
+def _once(source: Any, args: argparse.Namespace) -> int:
+    """One update; print exactly what it sent (for checking a plugin, and for cron)."""
+    sent: list[tuple[str, int, float]] = []
+    send, send_many = source.send, source.send_many
+
+    def tap(metric: str, time: Any, value: float) -> None:
+        send(metric, time, value)
+        sent.append((metric, int(getattr(time, "posix_ns", time)), float(value)))
+
+    def tap_many(metric: str, times: Any, values: Any) -> None:
+        send_many(metric, times, values)
+        sent.extend((metric, int(getattr(t, "posix_ns", t)), float(v))
+                    for t, v in zip(times, values))
+
+    source.send, source.send_many = tap, tap_many
+    try:
+        source.update()
+        source.flush()
+    except Exception as error:  # noqa: BLE001 - the exit code and message say it
+        print(f"mqsync-source: the update failed: {type(error).__name__}: {error}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    units = {name: str(meta.get("unit", "")) for name, meta in source.metrics().items()}
+    for metric, time_ns, value in sent:
+        print(f"{Timestamp(time_ns).isoformat()}  {metric}  {value:.6g} "
+              f"{units.get(metric, '')}".rstrip())
+    where = "an embedded network" if args.url is None else source.url
+    print(f"mqsync-source: sent {len(sent)} point(s) to {where}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _list_plugins(plugins: PluginSet, as_json: bool) -> int:
@@ -218,7 +237,10 @@ def _usage(plugins: PluginSet, name: str, as_json: bool) -> int:
     print("# a configuration file for --config (TOML); every key is optional")
     for option in kind.options:
         print(f"\n# {option.description} ({option.type})")
-        print(f"{option.name} = {json.dumps(option.default, default=str)}")
+        if option.default is None:  # TOML has no null: show the key, commented out
+            print(f"# {option.name} = ...")
+        else:
+            print(f"{option.name} = {json.dumps(option.default, default=str)}")
     return EXIT_OK
 
 
