@@ -907,12 +907,16 @@ def test_metricq_writer_custom_names_and_long_names(timeseries):
         dl.MetricQWriter(source, "bad prefix")
 
 
-def test_metricq_writer_on_the_embedded_network(unique):
+@pytest.mark.parametrize(
+    "network", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.broker)])
+def test_metricq_writer_reaches_a_sink(unique, network, request):
     import mqsync
     from tests._support import RecordingSink, wait_until
 
+    url = None if network == "embedded" else request.getfixturevalue("manager").url
     build = dl.Measurement("build", DURATION, HOST)
-    with mqsync.Source(f"source-{unique}") as source, RecordingSink(f"sink-{unique}") as sink:
+    with mqsync.Source(f"source-{unique}", url) as source, \
+            RecordingSink(f"sink-{unique}", url) as sink:
         writer = dl.MetricQWriter(source, f"test.{unique}", flush_timeout=10.0)
         metric = writer.metric_for(build, DURATION, {"hostname": "n1"})
         state = writer.event_metric_for(build, {"host": "n1"})
