@@ -31,13 +31,14 @@ import logging
 import os
 import re
 import socket
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import read_config_file
 from ..connection import redact_url
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectFailed
 from ..timeseries import Timedelta, Timestamp
 
 #: Exit codes scripts can rely on.
@@ -396,3 +397,13 @@ def duration_argument(text: Any) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
     return seconds
+
+
+def start_client(prog: str, client: Any) -> int | None:
+    """Start ``client``; on a connection failure print why and return ``EXIT_CONNECT``."""
+    try:
+        client.start()
+    except ConnectFailed as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return EXIT_CONNECT
+    return None

@@ -29,6 +29,7 @@ from ._common import (
     CommandParser,
     duration_argument,
     setup_logging,
+    start_client,
 )
 
 EXAMPLE = """\
@@ -243,11 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"mqsync-discover: {error}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        client.start()
-    except ConnectFailed as error:
-        print(f"mqsync-discover: {error}", file=sys.stderr)
-        return EXIT_CONNECT
+    failed = start_client("mqsync-discover", client)
+    if failed is not None:
+        return failed
     try:
         infos = discover(client, args.timeout)
     except MqsyncError as error:

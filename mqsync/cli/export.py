@@ -31,6 +31,7 @@ from ._common import (
     CommandParser,
     duration_argument,
     setup_logging,
+    start_client,
     time_argument,
 )
 
@@ -152,11 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"mqsync-export: {error}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        client.start()
-    except ConnectFailed as error:
-        print(f"mqsync-export: {error}", file=sys.stderr)
-        return EXIT_CONNECT
+    failed = start_client("mqsync-export", client)
+    if failed is not None:
+        return failed
     try:
         return _export(client, args, start, end)
     except BrokenPipeError:  # stdout closed early (| head): stop quietly

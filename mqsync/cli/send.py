@@ -22,6 +22,7 @@ from ._common import (
     CommandParser,
     duration_argument,
     setup_logging,
+    start_client,
     time_argument,
 )
 
@@ -82,11 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"mqsync-send: {error}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        source.start()
-    except ConnectFailed as error:
-        print(f"mqsync-send: {error}", file=sys.stderr)
-        return EXIT_CONNECT
+    failed = start_client("mqsync-send", source)
+    if failed is not None:
+        return failed
     try:
         if not args.no_declare:
             _declare(source, args.metric, args.unit, args.description)
