@@ -15,7 +15,8 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.10",
     packages=find_packages(include=["mqsync", "mqsync.*"])
-    + ["mqsync_plugins"],
+    + ["mqsync_plugins" + name[len("plugins"):]
+       for name in find_packages(include=["plugins", "plugins.*"])],
     package_dir={"mqsync_plugins": "plugins"},
     install_requires=[
         "kombu>=5.3",
