@@ -259,10 +259,11 @@ class Source(Client):
                 self._publish(metric, buffer)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Publish every buffered point now and wait until the IO thread sent them.
+        """Publish every buffered point now and wait until the broker confirmed them.
 
         Raises:
-            PublishFailed: not everything was sent within ``timeout`` seconds.
+            PublishFailed: not everything was confirmed within ``timeout`` seconds (the
+                chunks stay pending and are resent after a reconnect).
         """
         with self._buffer_lock:
             for metric, buffer in self._buffers.items():
