@@ -186,3 +186,18 @@ def _dummy_config(directory, unique: str, count: int = 2) -> str:
     path = directory / "dummy.json"
     path.write_text(json.dumps({"prefix": unique, "metrics": count}))
     return str(path)
+
+
+def test_source_sink_and_manager_share_the_cli_configuration_file(tmp_path):
+    config = tmp_path / "cli.toml"
+    config.write_text('url = "amqp://u:s3cret@broker.invalid/"\n'
+                      '[source]\ntoken = "source-from-file-$USER"\n')
+    result = cli("source", "--config-file", str(config), "--show-config")
+    assert result.returncode == 0, result.stderr
+    assert "source-from-file-" in result.stdout and "$USER" not in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+    for command in ("sink", "manager"):
+        shown = cli(command, "--config-file", str(config), "--show-config",
+                    *(["some.metric"] if command == "sink" else []))
+        assert shown.returncode == 0, shown.stderr
+        assert "broker.invalid" in shown.stdout and "s3cret" not in shown.stdout

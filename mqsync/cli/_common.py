@@ -67,20 +67,6 @@ CONFIG_HELP = (
     "--show-config prints what applies and where it came from.")
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, url_help: str | None = None) -> None:
-    """``--url`` (default ``$MQSYNC_URL``) and ``--log-level`` on a plain parser.
-
-    Commands built on :class:`CommandParser` get these (and the config file) by themselves.
-    """
-    parser.add_argument(
-        "--url", default=os.environ.get("MQSYNC_URL") or None,
-        help=url_help or "broker URL, e.g. amqp://user:pass@host/ (default: $MQSYNC_URL; "
-        "none: an embedded in-process network)")
-    parser.add_argument(
-        "--log-level", default=os.environ.get("MQSYNC_LOG_LEVEL", "warning"),
-        choices=list(LOG_LEVELS), help="log verbosity (default: warning)")
-
-
 def setup_logging(level: str) -> None:
     """Log to stderr with thread names, at ``level``."""
     logging.basicConfig(level=getattr(logging, level.upper()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -13,7 +12,7 @@ from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    add_common_arguments,
+    CommandParser,
     setup_logging,
 )
 
@@ -36,14 +35,9 @@ connection was lost for good), 2 bad arguments or database file, 3 no connection
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mqsync-db", description="Keep MetricQ metrics in SQLite and answer history "
-        "requests for them.", epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, url_help="broker URL (default: $MQSYNC_URL); none: an "
-                         "embedded in-process network")
-    parser.add_argument("--token", default="db-mqsync-sqlite", help="the database's token "
-                        "(default: %(default)s)")
+    parser = CommandParser("db", token="db-mqsync-sqlite", url_required=False,
+                           description="Keep MetricQ metrics in SQLite and answer history "
+                           "requests for them.", epilog=EXAMPLE)
     parser.add_argument("--database", required=True, help="the SQLite file (created if missing)")
     parser.add_argument("--metrics", nargs="+", metavar="METRIC",
                         help="metrics to keep (default: from the manager's configuration)")

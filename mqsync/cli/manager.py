@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from ..errors import ConfigError, ConnectFailed
 from ..manager import ConfigStore, Manager
-from ._common import EXIT_CONNECT, EXIT_OK, EXIT_USAGE, add_common_arguments, setup_logging
+from ._common import EXIT_CONNECT, EXIT_OK, EXIT_USAGE, CommandParser, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -24,19 +23,14 @@ their configuration; it is read at every registration, so edits apply without a 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mqsync-manager", description="Coordinate a MetricQ network: declare its "
-        "exchanges, answer management RPCs, serve configurations and metric metadata.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, url_help="broker URL (default: $MQSYNC_URL); required")
+    parser = CommandParser("manager", token="manager", description="Coordinate a MetricQ "
+                           "network: declare its exchanges, answer management RPCs, serve "
+                           "configurations and metric metadata.", epilog=EXAMPLE)
     parser.add_argument("--config", help="client configurations: a directory or a file")
     parser.add_argument("--metadata-file", help="JSON file where metric metadata persists")
     parser.add_argument("--data-url", help="data broker URL, if not the management one")
-    parser.add_argument("--token", default="manager", help="the manager's token")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    if not args.url:
-        parser.error("--url (or $MQSYNC_URL) is required: the manager serves a broker")
     try:
         manager = Manager(args.url, config=ConfigStore(args.config) if args.config else None,
                           metadata_file=args.metadata_file, data_url=args.data_url,

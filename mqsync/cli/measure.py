@@ -21,7 +21,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
-    add_common_arguments,
+    CommandParser,
     setup_logging,
 )
 
@@ -109,17 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mqsync-measure", usage="%(prog)s --metrics METRIC [METRIC ...] [options] "
-        "-- COMMAND [ARGS ...]",
+    parser = CommandParser(
+        "measure", token="sink-measure-$HOST", url_required=False,
+        usage="%(prog)s --metrics METRIC [METRIC ...] [options] -- COMMAND [ARGS ...]",
         description="Record MetricQ metrics while a command runs; write a CSV, a summary "
-        "(with the energy of power metrics) and a plot.", epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
+        "(with the energy of power metrics) and a plot.", epilog=EXAMPLE)
     parser.add_argument("--metrics", nargs="+", required=True, metavar="METRIC",
                         help="the metrics to record")
-    parser.add_argument("--token", default=f"sink-measure-{_host()}",
-                        help="the subscriber's token prefix (default: sink-measure-<host>)")
     parser.add_argument("--expires", default="1h",
                         help="how long the broker keeps the buffered points if they are "
                         "never collected; must exceed the command's run (default: 1h)")
@@ -139,10 +134,6 @@ def _parser() -> argparse.ArgumentParser:
                       f"{PLOT_NAME} when matplotlib is installed)")
     plot.add_argument("--no-plot", action="store_true", help="draw no plot")
     return parser
-
-
-def _host() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"
 
 
 class _Settings:

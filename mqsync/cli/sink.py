@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import signal
@@ -13,7 +12,7 @@ from typing import Any, TextIO
 from ..errors import ConnectFailed, MqsyncError
 from ..sink import Sink
 from ..timeseries import Timestamp
-from ._common import EXIT_CONNECT, EXIT_FAILURE, EXIT_OK, add_common_arguments, setup_logging
+from ._common import EXIT_CONNECT, EXIT_FAILURE, EXIT_OK, CommandParser, setup_logging
 
 EXAMPLE = """\
 examples:
@@ -58,12 +57,10 @@ class StreamSink(Sink):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mqsync-sink", description="Print or save the live values of MetricQ metrics.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
+    parser = CommandParser("sink", token="sink-mqsync-$USER", url_required=False,
+                           description="Print or save the live values of MetricQ metrics.",
+                           epilog=EXAMPLE)
     parser.add_argument("metrics", nargs="+", help="metric names to subscribe to")
-    parser.add_argument("--token", default="sink-mqsync-cli", help="the sink's token prefix")
     parser.add_argument("--format", choices=["text", "csv", "json"], default="text")
     parser.add_argument("--output", "-o", help="write to this file instead of stdout")
     parser.add_argument("--count", type=int, help="stop after this many points")

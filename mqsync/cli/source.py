@@ -26,7 +26,7 @@ from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    add_common_arguments,
+    CommandParser,
     setup_logging,
 )
 
@@ -71,15 +71,15 @@ def default_token(plugin: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mqsync-source", description="Run a MetricQ source plugin.", epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
+    parser = CommandParser("source", url_required=False,
+                           description="Run a MetricQ source plugin.", epilog=EXAMPLE)
+    parser.add_setting("--token", env="MQSYNC_TOKEN",
+                       help="the source's token (env MQSYNC_TOKEN; default: "
+                       "source-<plugin>-<host>)")
     parser.add_argument("--plugin", help="the source kind to run (see --list-plugins)")
     parser.add_argument("--list-plugins", action="store_true", help="list installed plugins")
     parser.add_argument("--usage", metavar="PLUGIN", help="print a plugin's configuration keys")
     parser.add_argument("--json", action="store_true", help="machine-readable listings")
-    parser.add_argument("--token", help="the source's token (default: source-<plugin>-<host>)")
     parser.add_argument("--config", type=Path, help="configuration file (JSON or TOML)")
     parser.add_argument("--period", help="time between updates, e.g. 1s, 100ms (overrides "
                         "the configuration's rate/period)")
