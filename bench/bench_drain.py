@@ -24,20 +24,14 @@ Usage: ``python bench/bench_drain.py [--points 500000] [--runs 5] [--chunk-size 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any
 
 try:
     import mqsync
@@ -45,6 +39,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import mqsync
 
+import _common  # noqa: E402 - bench/_common.py, next to this script
 import kombu
 
 from mqsync.chunk import decode_chunk
@@ -53,69 +48,6 @@ from mqsync.client import derive_address
 T0 = 1_700_000_000_000_000_000
 STEP_NS = 1000
 PREFETCH = 400  # mqsync.Sink's default prefetch_count
-
-
-def _rabbitmqctl(*args: str) -> bool:
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        return False
-    return subprocess.run([ctl, *args], capture_output=True, timeout=60).returncode == 0
-
-
-@contextlib.contextmanager
-def network(url: str) -> Iterator[str]:
-    """A vhost of the benchmark's own with an mqsync-manager on it (or ``url`` as is)."""
-    parts = urlsplit(url)
-    vhost = f"mqsync-bench-{uuid.uuid4().hex[:8]}"
-    user = parts.username or "guest"
-    if not (_rabbitmqctl("add_vhost", vhost)
-            and _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")):
-        print("(no rabbitmqctl: using the URL's vhost and the manager running there)")
-        yield url
-        return
-    bench_url = urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
-    with tempfile.TemporaryDirectory() as directory:
-        (Path(directory) / "clients").mkdir()
-        manager = subprocess.Popen(
-            [sys.executable, "-m", "mqsync.cli.manager", "--url", bench_url, "--config",
-             str(Path(directory) / "clients"), "--metadata-file",
-             str(Path(directory) / "metadata.json")], stderr=subprocess.DEVNULL)
-        try:
-            _wait_for_manager(bench_url, manager)
-            yield bench_url
-        finally:
-            manager.terminate()
-            try:
-                manager.wait(15)
-            except subprocess.TimeoutExpired:
-                manager.kill()
-                manager.wait(5)
-            _rabbitmqctl("delete_vhost", vhost)
-
-
-def _wait_for_manager(url: str, manager: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    # The probes fail (and log it) until the manager has declared its exchanges.
-    logging.getLogger("mqsync").setLevel(logging.CRITICAL)
-    try:
-        _probe_until_ready(url, manager, deadline)
-    finally:
-        logging.getLogger("mqsync").setLevel(logging.NOTSET)
-
-
-def _probe_until_ready(url: str, manager: subprocess.Popen, deadline: float) -> None:
-    while True:
-        if manager.poll() is not None:
-            raise RuntimeError(f"mqsync-manager exited with {manager.returncode}")
-        try:
-            with mqsync.Client(f"bench-probe-{uuid.uuid4().hex[:6]}", url,
-                               connect_timeout=5) as probe:
-                probe.get_metrics(timeout=5)
-            return
-        except mqsync.MqsyncError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _queue_depth(url: str, queue: str) -> int:
@@ -229,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{mqsync.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"{args.points} points in chunks of {args.chunk_size}, prefetch {PREFETCH}, "
           f"median of {args.runs} runs")
-    with network(args.url) as url:
+    with _common.network(args.url) as url:
         bench(url, args.points, args.runs, args.chunk_size)
     print(f"\n(took {time.perf_counter() - started:.1f} s)")
     return 0

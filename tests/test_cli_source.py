@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -23,11 +25,21 @@ def cli(module: str, *args: str, timeout: float = 60, env: dict | None = None):
                           capture_output=True, text=True, timeout=timeout, env=environment)
 
 
-def start_cli(module: str, *args: str) -> subprocess.Popen:
+@contextlib.contextmanager
+def running_cli(module: str, *args: str) -> Iterator[subprocess.Popen]:
+    """A command running in the background; killed and reaped if the test leaves it running."""
     environment = {k: v for k, v in os.environ.items() if k != "MQSYNC_URL"}
-    return subprocess.Popen([sys.executable, "-m", f"mqsync.cli.{module}", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment)
+    process = subprocess.Popen([sys.executable, "-m", f"mqsync.cli.{module}", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stdout.close()
+        process.stderr.close()
 
 
 def read_lines(process: subprocess.Popen, count: int, timeout: float) -> list[str]:
@@ -81,18 +93,11 @@ def test_sysinfo_once_gives_sane_memory_values():
 
 
 def test_embedded_default_prints_live_values_and_sigterm_ends_it_cleanly():
-    process = start_cli("source", "--plugin", "dummy", "--period", "50ms")
-    try:
+    with running_cli("source", "--plugin", "dummy", "--period", "50ms") as process:
         lines = read_lines(process, 5, timeout=30)
         assert len(lines) == 5, process.stderr.read() if process.poll() is not None else lines
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        process.stdout.close()
-        process.stderr.close()
 
 
 def test_usage_errors_exit_2():
@@ -128,18 +133,11 @@ def test_sigterm_ends_a_source_on_the_broker_cleanly(manager, unique, tmp_path):
     with RecordingSink(f"sink-{unique}", manager.url) as sink:
         sink.subscribe([f"{unique}.0"])
         config = _dummy_config(tmp_path, unique, count=1)
-        process = start_cli("source", "--plugin", "dummy", "--url", manager.url, "--token",
-                            f"source-{unique}", "--config", config, "--period", "10ms")
-        try:
+        with running_cli("source", "--plugin", "dummy", "--url", manager.url, "--token",
+                         f"source-{unique}", "--config", config, "--period", "10ms") as process:
             assert wait_until(lambda: sink.count() >= 3, timeout=30)
             process.send_signal(signal.SIGTERM)
             assert process.wait(20) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
-            process.stdout.close()
-            process.stderr.close()
         times = [t for _, t, _ in sink.points]
         assert times == sorted(times)
 
@@ -155,30 +153,25 @@ def test_manager_cli_serves_configurations_from_a_toml_file(broker_url, tmp_path
     url = broker_url.rsplit("/", 1)[0] + "/" + vhost
     config = tmp_path / "clients.toml"
     config.write_text(f'["sink-{unique}"]\nthreshold = 5\n')
-    process = start_cli("manager", "--url", url, "--config", str(config))
 
     class Durable(mqsync.DurableSink):
         def on_data(self, metric, timestamp, value):
             pass
 
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with Durable(f"sink-{unique}", url, connect_timeout=5) as sink:
-                    assert sink.config == {"threshold": 5}
-                break
-            except mqsync.ConnectFailed:
-                assert time.monotonic() < deadline, process.stderr.read()
-                time.sleep(0.3)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
+        with running_cli("manager", "--url", url, "--config", str(config)) as process:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with Durable(f"sink-{unique}", url, connect_timeout=5) as sink:
+                        assert sink.config == {"threshold": 5}
+                    break
+                except mqsync.ConnectFailed:
+                    assert time.monotonic() < deadline, process.stderr.read()
+                    time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        process.stdout.close()
-        process.stderr.close()
         sp.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, check=False)
 
 
