@@ -550,3 +550,21 @@ class DepthWatcher:
         self._stop.set()
         self._thread.join(10)
         self._broker.close()
+
+
+def run_and_report(args: Any, title: str, measure: Callable[[str], Any]) -> int:
+    """The end of every benchmark's main(): a network of its own, ``measure(url)``, the table.
+
+    ``measure`` returns the results, or None when it printed something else (profiling).
+    """
+    raise_on_sigterm()
+    print(machine_line())
+    started = time.perf_counter()
+    with network(args.url) as url:
+        results = measure(url)
+    if results is None:
+        return 0
+    print_results(title, results)
+    write_json(args.json, results)
+    print(f"\n(took {time.perf_counter() - started:.1f} s; {machine_line()})")
+    return 0

@@ -178,16 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     _common.check_runs(parser, args.runs)
     if args.rate <= 0 or (args.seconds is not None and args.seconds <= 0):
         parser.error("--rate and --seconds must be positive")
-    _common.raise_on_sigterm()
-    print(_common.machine_line())
-    started = time.perf_counter()
-    with _common.network(args.url) as url:
-        results = run(url, args.runs, args.quick, args.rate, args.seconds)
-    _common.print_results("latency summary (ratio > 1: mqsync ahead)", results)
-    _common.write_json(args.json, results)
-    print(f"\n(took {time.perf_counter() - started:.1f} s; {_common.machine_line()})")
-    return 0
-
+    return _common.run_and_report(
+        args, "latency summary (ratio > 1: mqsync ahead)",
+        lambda url: run(url, args.runs, args.quick, args.rate, args.seconds))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,6 @@ import gc
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -150,16 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_lists(args.metrics, args.points)))
         return 0
     _common.check_runs(parser, args.runs)
-    _common.raise_on_sigterm()
-    print(_common.machine_line())
-    started = time.perf_counter()
-    with _common.network(args.url) as url:
-        results = run(url, args.runs, args.quick, args.metrics, args.points)
-    _common.print_results("memory summary (ratio > 1: mqsync smaller)", results)
-    _common.write_json(args.json, results)
-    print(f"\n(took {time.perf_counter() - started:.1f} s; {_common.machine_line()})")
-    return 0
-
+    return _common.run_and_report(
+        args, "memory summary (ratio > 1: mqsync smaller)",
+        lambda url: run(url, args.runs, args.quick, args.metrics, args.points))
 
 if __name__ == "__main__":
     sys.exit(main())

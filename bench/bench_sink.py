@@ -291,18 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile the mqsync paths instead of timing them")
     args = parser.parse_args(argv)
     _common.check_runs(parser, args.runs)
-    _common.raise_on_sigterm()
-    print(_common.machine_line())
-    started = time.perf_counter()
-    with _common.network(args.url) as url:
+
+    def measure(url: str) -> Any:
         if args.profile:
             profile(url, args.quick)
-            return 0
-        results = run(url, args.runs, args.quick)
-    _common.print_results("sink summary (ratio > 1: mqsync ahead)", results)
-    _common.write_json(args.json, results)
-    print(f"\n(took {time.perf_counter() - started:.1f} s; {_common.machine_line()})")
-    return 0
+            return None
+        return run(url, args.runs, args.quick)
+
+    return _common.run_and_report(args, "sink summary (ratio > 1: mqsync ahead)", measure)
 
 
 if __name__ == "__main__":
