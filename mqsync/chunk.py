@@ -229,6 +229,13 @@ class ChunkBuffer:
     def __len__(self) -> int:
         return len(self._times)
 
+    def truncate(self, length: int) -> None:
+        """Drop the points appended after the first ``length`` (undo an append that failed)."""
+        del self._times[length:]
+        del self._values[length:]
+        if not self._times:
+            self._oldest = None
+
     def take(self) -> bytes | None:
         """Encode everything buffered as one standalone ``DataChunk`` and empty the buffer.
 

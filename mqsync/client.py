@@ -127,7 +127,10 @@ class Client(RPCDispatcher):
         self._management: IOThread | None = None
         self._rpc_worker = Worker(f"mqsync-{self.token}-rpc")
         self._lifecycle = threading.Lock()
-        self._state = "new"
+        self._state = "new"  # new -> starting -> running -> stopping -> stopped
+        self._stop_requested = False
+        self._starter: threading.Thread | None = None
+        self._start_done = threading.Event()
         self._stopped_event = threading.Event()
         self._failure: BaseException | None = None
         self._counters: collections.Counter[str] = collections.Counter()
@@ -159,6 +162,11 @@ class Client(RPCDispatcher):
         """Whether the client is started and not stopped."""
         return self._state == "running"
 
+    @property
+    def _connected(self) -> bool:
+        """Whether RPCs can be made now: running, or registering inside :meth:`start`."""
+        return self._state in ("starting", "running") and not self._stop_requested
+
     # -- counters ------------------------------------------------------------------
 
     def _count(self, name: str, amount: int = 1) -> None:
@@ -166,14 +174,30 @@ class Client(RPCDispatcher):
             self._counters[name] += amount
 
     def stats(self) -> dict[str, int]:
-        """Counters of what went wrong or was dropped (malformed messages, handler errors...)."""
+        """Counters of what went wrong or was dropped (malformed messages, handler errors...).
+
+        Always present: ``lost_points`` (points this client accepted and will never deliver
+        or hand on), ``reconnects`` (all connections) with ``<connection>_reconnects`` per
+        connection, ``rpc_handler_errors`` and ``unmatched_replies``.
+        """
         with self._counter_lock:
             counters = dict(self._counters)
+        counters.setdefault("lost_points", 0)
         counters["rpc_handler_errors"] = self._rpc_worker.errors
         counters["unmatched_replies"] = self._pending.unmatched
-        if self._management is not None:
-            counters["reconnects"] = self._management.reconnects
+        total = 0
+        for name, io in self._io_threads().items():
+            reconnects = io.reconnects if io is not None else 0
+            counters[f"{name}_reconnects"] = reconnects
+            total += reconnects
+            if io is not None and io.blocked_count:
+                counters[f"{name}_blocked"] = io.blocked_count
+        counters["reconnects"] = total
         return counters
+
+    def _io_threads(self) -> dict[str, IOThread | None]:
+        """The client's connections by name (subclasses add theirs), for :meth:`stats`."""
+        return {"management": self._management}
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -182,12 +206,14 @@ class Client(RPCDispatcher):
 
         Raises:
             ConnectFailed: the broker or the manager could not be reached in time.
+            ClientStopped: :meth:`stop` was called (from another thread) meanwhile.
             RuntimeError: the client was started before.
         """
         with self._lifecycle:
             if self._state != "new":
                 raise RuntimeError(f"{self!r} cannot be started again; create a new client")
             self._state = "starting"
+            self._starter = threading.current_thread()
         timeout = self.connect_timeout if timeout is None else timeout
         try:
             self._network_url = self._url if self._url is not None else _embedded_acquire()
@@ -198,40 +224,74 @@ class Client(RPCDispatcher):
                 on_reconnect=self._on_management_reconnect,
             )
             self._rpc_worker.start()
+            self._raise_if_stop_requested()
             self._management.start(timeout)
-            self._state = "running"
+            self._raise_if_stop_requested()
             self._on_start()
+            with self._lifecycle:
+                self._raise_if_stop_requested()
+                self._state = "running"
         except BaseException as error:
-            logger.error("%s: start failed: %s", self.token, error)
-            self._state = "running"  # so that stop() tears down what was built
-            self.stop(timeout=5.0)
+            if isinstance(error, ClientStopped) and self._stop_requested:
+                logger.info("%s: stopped while starting", self.token)
+            else:
+                logger.error("%s: start failed: %s", self.token, error)
+            self._teardown(time.monotonic() + 5.0)
             raise
+        finally:
+            self._start_done.set()
         logger.info("%s: connected to %s", self.token, self.url)
+
+    def _raise_if_stop_requested(self) -> None:
+        if self._stop_requested:
+            raise ClientStopped(f"{self.token} was stopped while starting")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Flush what is pending, close every connection and join every thread.
 
-        Idempotent; safe to call from any thread, including a callback of this client.
+        Returns within about ``timeout`` seconds, whatever the broker does.  Idempotent;
+        safe to call from any thread, including a callback of this client.  Called while
+        :meth:`start` runs in another thread, it makes that start fail with
+        :class:`ClientStopped` and waits (up to ``timeout``) until it has torn down.
         """
+        deadline = time.monotonic() + timeout
         with self._lifecycle:
-            if self._state in ("stopping", "stopped"):
-                return
-            was_started = self._state != "new"
+            state = self._state
+            if state == "starting":
+                self._stop_requested = True
+            elif state == "new":
+                self._state = "stopped"
+            elif state == "running":
+                self._state = "stopping"
+        if state == "new":
+            self._stopped_event.set()
+            return
+        if state == "starting":
+            self._pending.fail_all(ClientStopped(f"{self.token} was stopped while starting"))
+            if threading.current_thread() is not self._starter:
+                self._start_done.wait(timeout)
+            return
+        if state == "running":
+            self._teardown(deadline)
+
+    def _teardown(self, deadline: float) -> None:
+        """Stop what was built, within ``deadline`` (a ``time.monotonic()`` value)."""
+        with self._lifecycle:
             self._state = "stopping"
         try:
-            if was_started:
-                self._on_stop(timeout)
+            self._on_stop(_remaining(deadline))
         except Exception:
             logger.exception("%s: error while stopping", self.token)
         finally:
             self._pending.fail_all(ClientStopped(f"{self.token} stopped"))
             if self._management is not None:
-                self._management.stop(timeout)
-            self._rpc_worker.stop(timeout)
+                self._management.stop(_remaining(deadline))
+            self._rpc_worker.stop(_remaining(deadline))
             if self._network_url is not None and self._url is None:
                 _embedded_release()
                 self._network_url = None
-            self._state = "stopped"
+            with self._lifecycle:
+                self._state = "stopped"
             self._stopped_event.set()
             logger.info("%s: stopped", self.token)
 
@@ -291,7 +351,9 @@ class Client(RPCDispatcher):
     def _check_running(self) -> None:
         if self._failure is not None:
             raise ConnectFailed(f"{self.token}: {self._failure}")
-        if self._state not in ("running", "stopping"):  # stopping: _on_stop may still call
+        self._raise_if_stop_requested()
+        # starting: _on_start registers; stopping: _on_stop may still call
+        if self._state not in ("starting", "running", "stopping"):
             raise ClientStopped(f"{self.token} is not running ({self._state}); call start() "
                                 "or use it as a context manager")
 
@@ -500,6 +562,10 @@ class Client(RPCDispatcher):
                              f"{timeout:g} s") from None
         finally:
             self._pending.forget(correlation_id)
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 def _fail_with(reply: Future, sent: Future) -> None:

@@ -2,20 +2,36 @@
 
 py-amqp (under kombu) is not thread-safe, so every AMQP operation of a connection runs
 on the thread that owns it.  Other threads hand work over with :meth:`IOThread.submit`
-(which returns a :class:`concurrent.futures.Future`) and wake the loop through a pipe,
-so a publish or an RPC leaves at once instead of after the next poll.
+(which returns a :class:`concurrent.futures.Future`) or :meth:`IOThread.post` (nobody
+waits) and wake the loop through a pipe, so a publish or an RPC leaves at once instead
+of after the next poll.
 
 The loop::
 
-    wait until the socket is readable, work was handed over, or a tick is due
+    wait (selectors) until the socket is readable, work was handed over, or a tick is due
     deliver every complete inbound message (callbacks run here: keep them short)
     run the handed-over work in order
     run the periodic ticks (flush timers) and the heartbeat check
 
-On a lost connection the thread reconnects with exponential backoff, re-runs the
-``setup`` callback (declarations and consumers) and goes on; after ``give_up`` seconds
-without a connection it stops, and every pending and later call fails with
-:class:`~mqsync.errors.ConnectFailed`.
+On a lost connection, and on any unexpected error in the loop, the thread reconnects
+with exponential backoff and jitter (``RECONNECT_DELAY_MIN`` doubling up to
+``MAX_RECONNECT_DELAY`` seconds between attempts; a connection that dies again soon after
+it was made does not reset the backoff), re-runs the ``setup`` callback (declarations,
+consumers, resending) and goes on; after ``give_up`` seconds without a connection it
+stops, and every pending and later call fails with :class:`~mqsync.errors.ConnectFailed`.
+
+Work handed over with :meth:`submit` that was running when the connection failed runs
+again after the reconnect (at least once); work handed over with :meth:`post` is not
+run again: its owner restores what it needs in ``setup``.
+
+A broker in a memory or disk alarm sends ``connection.blocked``: :attr:`IOThread.blocked`
+turns true, publishers hold their data until ``connection.unblocked`` (the
+``on_unblocked`` callback), and every socket write is bounded by ``write_timeout``, so
+the thread never hangs in a write.
+
+Life cycle: ``new → running → stopping → stopped`` (or ``failed`` after giving up).
+:meth:`IOThread.stop` always wins: called at any time, from any thread, any number of
+times, it returns within its timeout plus a short grace.
 """
 
 from __future__ import annotations
@@ -24,7 +40,9 @@ import collections
 import contextlib
 import logging
 import os
-import select
+import random
+import selectors
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -44,11 +62,21 @@ Setup = Callable[[Any], None]
 #: How long the loop waits for the broker when nothing else is due.  Inbound data wakes it
 #: at once on socket transports; only the in-process memory transport polls at this rate.
 POLL_INTERVAL = 0.005
-#: The longest pause between two reconnect attempts (they start at 0.1 s and double), so a
-#: client is back at most this long after its broker.
+#: The first pause before a reconnect attempt; it doubles with every failed attempt.
+RECONNECT_DELAY_MIN = 0.1
+#: The longest pause between two reconnect attempts, so a client is back at most this long
+#: after its broker.  Each pause is jittered (between half and all of it), so that many
+#: clients of one broker do not reconnect in lockstep.
 MAX_RECONNECT_DELAY = 2.0
+#: A connection that lived at least this long counts as healthy: the next loss starts the
+#: backoff from the beginning.
+HEALTHY_AFTER = 10.0
 #: Inbound messages delivered in one round before handed-over work gets its turn.
 INBOUND_BUDGET = 256
+#: Seconds a graceful close may take at stop before the socket is simply dropped.
+CLOSE_TIMEOUT = 1.0
+#: Seconds :meth:`IOThread.stop` may exceed its timeout (joining, closing).
+STOP_GRACE = 0.5
 
 
 def redact_url(url: str) -> str:
@@ -79,12 +107,15 @@ class IOThread:
             inside this object and are never logged.
         name: thread name, also used in log messages.
         setup: called on the IO thread with the channel after each (re)connect; declares
-            queues and starts consumers.  An exception from the first setup fails
+            queues, starts consumers and resends.  An exception from the first setup fails
             :meth:`start`; after a reconnect it is logged and the connection retried.
         heartbeat: AMQP heartbeat interval in seconds (0 disables).
+        connect_timeout: seconds one connection attempt may take; also the bound on every
+            socket write.
         give_up: seconds without a connection after which the thread stops for good.
         on_reconnect: called on the IO thread after a successful reconnect and setup.
         on_fatal: called (on the IO thread) with the error when the thread gives up.
+        on_unblocked: called on the IO thread when the broker lifts ``connection.blocked``.
     """
 
     def __init__(
@@ -99,6 +130,7 @@ class IOThread:
         prefetch_count: int = 0,
         on_reconnect: Callable[[], None] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        on_unblocked: Callable[[], None] | None = None,
     ):
         self._url = url
         self.name = name
@@ -109,32 +141,42 @@ class IOThread:
         self._prefetch_count = prefetch_count
         self._on_reconnect = on_reconnect
         self._on_fatal = on_fatal
+        self._on_unblocked = on_unblocked
 
+        # Guards _ops, _wake_pending, _state and the wake pipe's descriptors.
+        self._lock = threading.Lock()
         self._ops: collections.deque[tuple[Callable[[Any], Any], Future | None]] = \
             collections.deque()
-        self._ops_lock = threading.Lock()
         self._wake_pending = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._state = "new"
         self._ticks: list[_Tick] = []
         self._consumers: dict[str, kombu.Consumer] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started: Future | None = None
         self._connection: kombu.Connection | None = None
         self._channel: Any = None
         self._fatal: BaseException | None = None
-        self._closed = False
         self._connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._channel_errors: tuple[type[BaseException], ...] = ()
         self._socket_transport = False
+        self._backoff = RECONNECT_DELAY_MIN
+        self._connected_at = 0.0
         #: Number of reconnects after the first connect.
         self.reconnects = 0
+        #: Times the broker blocked this connection (a memory or disk alarm).
+        self.blocked_count = 0
+        #: Whether the broker blocks publishing on this connection right now.
+        self.blocked = False
         #: Incremented on every (re)connect: work tied to one channel (an ack of a delivery
         #: tag) checks it and is dropped when the channel it belongs to is gone.
         self.generation = 0
 
     def __repr__(self) -> str:
-        return f"<IOThread {self.name} {redact_url(self._url)}>"
+        return f"<IOThread {self.name} {redact_url(self._url)} {self._state}>"
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -150,84 +192,144 @@ class IOThread:
 
     @property
     def alive(self) -> bool:
-        """Whether the thread runs and has not given up."""
-        return self._thread is not None and self._thread.is_alive() and self._fatal is None
+        """Whether the thread runs and has not given up or been stopped."""
+        return self._state == "running"
+
+    @property
+    def on_io_thread(self) -> bool:
+        """Whether the calling thread is this IO thread."""
+        return threading.current_thread() is self._thread
 
     def start(self, timeout: float = 30.0) -> None:
-        """Connect, run ``setup`` and start the loop; raise :class:`ConnectFailed` on failure."""
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name} was already started")
-        started: Future = Future()
-        self._thread = threading.Thread(
-            target=self._main, args=(started,), name=self.name, daemon=True
-        )
-        self._thread.start()
+        """Connect, run ``setup`` and start the loop; raise :class:`ConnectFailed` on failure.
+
+        Raises:
+            ConnectFailed: no connection, or ``setup`` failed, within ``timeout`` seconds.
+            ClientStopped: :meth:`stop` was called meanwhile.
+            RuntimeError: the thread was started before.
+        """
+        with self._lock:
+            if self._state != "new":
+                if self._state in ("stopping", "stopped"):
+                    raise ClientStopped(f"{self.name} was stopped before it started")
+                raise RuntimeError(f"{self.name} was already started")
+            self._state = "running"
+            started: Future = Future()
+            self._started = started
+            self._thread = threading.Thread(
+                target=self._main, args=(started,), name=self.name, daemon=True
+            )
+            self._thread.start()
         try:
             started.result(timeout)
         except BaseException as error:
-            self.stop(timeout=5.0)
-            if isinstance(error, ConnectFailed):
+            self.stop(timeout=min(timeout, 5.0))
+            if isinstance(error, (ConnectFailed, ClientStopped)):
                 raise
             if isinstance(error, TimeoutError):
                 raise ConnectFailed(f"{self.name}: no connection to {self.url} "
                                     f"within {timeout:g} s") from None
             raise ConnectFailed(f"{self.name}: cannot connect to {self.url}: {error}") from error
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
         """Run the work handed over so far, close the connection and join the thread.
 
-        Idempotent.  Work handed over after this call fails with :class:`ClientStopped`.
+        Returns within ``timeout`` seconds plus a short grace, whatever the broker does,
+        and says whether the thread ended.  Idempotent and safe from any thread.  Work
+        handed over after this call fails with :class:`ClientStopped`.
         """
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            thread = self._thread
+            started = self._started
+            # Work is finished only on a connection that is up (not one still connecting).
+            finish_work = (self._state == "running" and started is not None and started.done()
+                           and started.exception() is None)
+            if self._state in ("new", "running"):
+                self._state = "stopping"
+        if thread is None:
+            self._finish_stop()
+            return True
+        if thread is threading.current_thread():
+            self._stop.set()  # the loop ends after the current round; it closes the pipe
+            return False
+        if finish_work and thread.is_alive():
             # A final no-op marks the end of the queue: everything before it runs first.
+            marker = self._enqueue(lambda channel: None, Future(), force=True)
             try:
-                self.submit(lambda channel: None).result(timeout)
+                marker.result(max(0.0, deadline - time.monotonic()))
             except Exception as error:  # noqa: BLE001 - we stop anyway, but say why
-                logger.warning("%s: pending work not finished before stop: %s", self.name, error)
+                logger.warning("%s: pending work not finished before stop: %s", self.name,
+                               error or type(error).__name__)
         self._stop.set()
         self._wake()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                logger.error("%s: IO thread did not end within %g s", self.name, timeout)
-                return
+        thread.join(max(0.0, deadline - time.monotonic()) + STOP_GRACE)
+        if thread.is_alive():
+            logger.error("%s: IO thread did not end within %g s of stop()", self.name, timeout)
+            return False
+        self._finish_stop()
+        return True
+
+    def _finish_stop(self) -> None:
+        with self._lock:
+            if self._state != "failed":
+                self._state = "stopped"
         self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        # Under the lock, as every write to it: a closed descriptor number may be reused by
+        # another file at once, which must never receive a wake-up byte.
+        with self._lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError as error:
+                        logger.debug("%s: closing wake pipe: %s", self.name, error)
+            self._wake_r = self._wake_w = -1
 
     # -- handing work over ------------------------------------------------------------
 
-    def submit(self, operation: Callable[[Any], T]) -> Future:
-        """Run ``operation(channel)`` on the IO thread; return a future of its result."""
-        future: Future = Future()
-        if self._fatal is not None:
-            future.set_exception(ConnectFailed(f"{self.name}: {self._fatal}"))
+    def _enqueue(self, operation: Callable[[Any], Any], future: Future | None,
+                 force: bool = False) -> Future | None:
+        """Queue ``operation``; fail ``future`` (or drop) when the thread takes no work."""
+        with self._lock:
+            accepting = self._state == "running" or (force and self._state == "stopping")
+            if accepting:
+                self._ops.append((operation, future))
+                wake = not self._wake_pending
+                self._wake_pending = True
+        if not accepting:
+            if future is not None:
+                future.set_exception(self._refusal())
+            else:
+                logger.debug("%s: dropped work handed over after the end", self.name)
             return future
-        if self._stop.is_set() or self._closed:
-            future.set_exception(ClientStopped(f"{self.name} is stopped"))
-            return future
-        with self._ops_lock:
-            self._ops.append((operation, future))
-            wake = not self._wake_pending
-            self._wake_pending = True
         if wake:
             self._wake()
+        return future
+
+    def _refusal(self) -> Exception:
+        if self._fatal is not None:
+            return ConnectFailed(f"{self.name}: {self._fatal}")
+        return ClientStopped(f"{self.name} is stopped")
+
+    def submit(self, operation: Callable[[Any], T]) -> Future:
+        """Run ``operation(channel)`` on the IO thread; return a future of its result.
+
+        If the connection fails while it runs, it runs again after the reconnect.
+        """
+        future = self._enqueue(operation, Future())
+        assert future is not None
         return future
 
     def post(self, operation: Callable[[Any], Any]) -> None:
         """Run ``operation(channel)`` on the IO thread; nobody waits for the result.
 
-        The data paths use this instead of :meth:`submit` (no future per chunk or ack).
-        An error is logged; a connection error runs it again after reconnecting.
+        An error is logged; it is not run again after a reconnect (``setup`` restores
+        what the owner needs).  After the end it is dropped.
         """
-        if self._fatal is not None or self._stop.is_set() or self._closed:
-            logger.debug("%s: dropped work handed over after the end", self.name)
-            return
-        with self._ops_lock:
-            self._ops.append((operation, None))
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
-            self._wake()
+        self._enqueue(operation, None)
 
     @property
     def acks_multiple(self) -> bool:
@@ -299,7 +401,8 @@ class IOThread:
         """Run ``operation(channel)`` on a temporary channel; False if the broker refused it.
 
         For checks that fail with a channel error (a passive declare of something missing),
-        which would otherwise close the IO thread's own channel.
+        which would otherwise close the IO thread's own channel.  May be called on the IO
+        thread (from ``setup``) too.
         """
 
         def on_temporary_channel(channel: Any) -> bool:
@@ -323,38 +426,38 @@ class IOThread:
     # -- the loop -----------------------------------------------------------------
 
     def _wake(self) -> None:
-        # A closed pipe means the thread is gone: there is nothing to wake.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
-
-    def _close_pipe(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError as error:
-                logger.debug("%s: closing wake pipe: %s", self.name, error)
+        # Under the lock: the pipe's descriptors are closed (and may be reused by another
+        # file) only under it too.  A full pipe already wakes the loop.
+        with self._lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"\0")
 
     def _connect(self) -> None:
         connection = kombu.Connection(
             self._url,
             heartbeat=self._heartbeat or None,
             connect_timeout=self._connect_timeout,
-            transport_options={"polling_interval": POLL_INTERVAL},
+            transport_options={"polling_interval": POLL_INTERVAL,
+                               "write_timeout": self._connect_timeout},
         )
-        connection.connect()
         try:
+            # One attempt: kombu's own retry would wait 2 s inside it; the backoff is ours.
+            connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+            raw = connection.connection
             channel = connection.channel()
             if self._prefetch_count:
                 channel.basic_qos(0, self._prefetch_count, False)
             self._connection, self._channel = connection, channel
-            self._socket_transport = getattr(connection.connection, "sock", None) is not None
-            # py-amqp reads the socket before every publish when the broker may send
-            # connection.blocked; this loop reads everything the broker sends anyway.
-            capabilities = getattr(connection.connection, "client_properties", {}).get(
-                "capabilities")
+            self._socket_transport = getattr(raw, "sock", None) is not None
+            self.blocked = False
+            if hasattr(raw, "on_blocked"):
+                raw.on_blocked = self._blocked
+                raw.on_unblocked = self._unblocked
+            # The broker was told at the handshake that we handle connection.blocked; from
+            # now on py-amqp need not read the socket before every publish, since this loop
+            # reads everything the broker sends anyway.
+            capabilities = getattr(raw, "client_properties", {}).get("capabilities")
             if isinstance(capabilities, dict):
                 capabilities["connection.blocked"] = False
             self._consumers = {}
@@ -367,12 +470,30 @@ class IOThread:
             self._connection, self._channel = None, None
             _close_quietly(connection)
             raise
+        self._connected_at = time.monotonic()
+
+    def _blocked(self, reason: str) -> None:
+        self.blocked = True
+        self.blocked_count += 1
+        logger.warning("%s: the broker blocks publishing (%s); data waits until it lifts "
+                       "the block", self.name, reason)
+
+    def _unblocked(self) -> None:
+        self.blocked = False
+        logger.warning("%s: the broker lifted the block; publishing again", self.name)
+        if self._on_unblocked is not None:
+            self._on_unblocked()
 
     def _main(self, started: Future) -> None:
         try:
+            if self._stop.is_set():
+                raise ClientStopped(f"{self.name} was stopped while connecting")
             self._connect()
+            if self._stop.is_set():
+                raise ClientStopped(f"{self.name} was stopped while connecting")
         except BaseException as error:
             started.set_exception(error)
+            self._shutdown()
             return
         started.set_result(None)
         while not self._stop.is_set():
@@ -384,8 +505,12 @@ class IOThread:
                 if isinstance(error, _ChannelClosed):
                     logger.warning("%s: the broker closed the channel: %s", self.name,
                                    error.__cause__)
+                elif isinstance(error, self._connection_errors):
+                    logger.warning("%s: connection to %s lost: %s", self.name, self.url,
+                                   error or type(error).__name__)
                 else:
-                    logger.warning("%s: connection to %s lost: %s", self.name, self.url, error)
+                    logger.error("%s: unexpected error in the IO loop; reconnecting", self.name,
+                                 exc_info=error)
                 if not self._reconnect():
                     break
         self._shutdown()
@@ -396,22 +521,39 @@ class IOThread:
         raw = connection.connection
         sock = getattr(raw, "sock", None)
         transport = getattr(raw, "transport", None)
-        ssl_pending = getattr(sock, "pending", None)
-        waitables = [self._wake_r] if sock is None else [self._wake_r, sock]
-        heartbeat_due = time.monotonic()
-        while not self._stop.is_set():
-            timeout = self._next_timeout()
-            readable, _, _ = select.select(waitables, [], [], timeout)
-            if self._wake_r in readable:
-                self._drain_wake_pipe()
-            if sock is None or sock in readable or (ssl_pending and ssl_pending()):
-                self._deliver(connection, sock)
-            self._run_ops()
-            self._run_ticks()
-            now = time.monotonic()
-            if self._heartbeat and now >= heartbeat_due and transport is not None:
-                connection.heartbeat_check()
-                heartbeat_due = now + self._heartbeat / 4
+        with selectors.DefaultSelector() as selector, \
+                selectors.DefaultSelector() as socket_only:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            if sock is not None:
+                selector.register(sock, selectors.EVENT_READ)
+                socket_only.register(sock, selectors.EVENT_READ)
+            ssl_pending = getattr(sock, "pending", None)
+
+            def readable() -> bool:
+                return bool((ssl_pending is not None and ssl_pending())
+                            or socket_only.select(0))
+
+            heartbeat_due = time.monotonic()
+            while not self._stop.is_set():
+                events = selector.select(self._next_timeout())
+                woken = socket_ready = False
+                for key, _ in events:
+                    if key.fileobj is sock:
+                        socket_ready = True
+                    else:
+                        woken = True
+                if woken:
+                    self._drain_wake_pipe()
+                if sock is None:
+                    self._deliver(connection, None)
+                elif socket_ready or (ssl_pending is not None and ssl_pending()):
+                    self._deliver(connection, readable)
+                self._run_ops()
+                self._run_ticks()
+                now = time.monotonic()
+                if self._heartbeat and now >= heartbeat_due and transport is not None:
+                    connection.heartbeat_check()
+                    heartbeat_due = now + self._heartbeat / 4
 
     def _next_timeout(self) -> float:
         timeout = POLL_INTERVAL if self._connection_is_polled() else 1.0
@@ -425,15 +567,17 @@ class IOThread:
         raw = self._connection.connection if self._connection is not None else None
         return getattr(raw, "sock", None) is None
 
-    def _deliver(self, connection: kombu.Connection, sock: Any) -> None:
+    def _deliver(self, connection: kombu.Connection,
+                 readable: Callable[[], bool] | None) -> None:
+        """Deliver what arrived; ``readable`` tells if more waits (None: a polled transport)."""
         for _ in range(INBOUND_BUDGET):
             try:
                 # The socket is readable (or the transport is polled): a frame is there,
                 # but a message may span several frames, so allow a little time.
-                connection.drain_events(timeout=0.05 if sock is not None else 0)
-            except TimeoutError:
+                connection.drain_events(timeout=0.05 if readable is not None else 0)
+            except (TimeoutError, socket.timeout):
                 return
-            if sock is not None and not _readable(sock):
+            if readable is not None and not readable():
                 return
 
     def _drain_wake_pipe(self) -> None:
@@ -444,7 +588,7 @@ class IOThread:
             pass
 
     def _run_ops(self) -> None:
-        with self._ops_lock:
+        with self._lock:
             ops, self._ops = self._ops, collections.deque()
             self._wake_pending = False
         while ops:
@@ -460,8 +604,12 @@ class IOThread:
                     self._requeue(ops)
                     raise _ChannelClosed(error) from error
             except self._connection_errors:
-                # The connection failed under this operation: run it again after reconnecting.
-                self._requeue(collections.deque([(operation, future)]) + ops)
+                # The connection failed under this operation.  Work with a future runs
+                # again after the reconnect; posted work was its owner's, who restores
+                # it in setup (running it here too would do it twice).
+                if future is not None:
+                    ops.appendleft((operation, future))
+                self._requeue(ops)
                 raise
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 _settle_failed(future, error, self.name)
@@ -470,7 +618,7 @@ class IOThread:
                     future.set_result(result)
 
     def _requeue(self, ops: collections.deque) -> None:
-        with self._ops_lock:
+        with self._lock:
             ops.extend(self._ops)
             self._ops = ops
             self._wake_pending = True
@@ -487,26 +635,30 @@ class IOThread:
                 except Exception:
                     logger.exception("%s: periodic task %r failed", self.name, tick.callback)
 
+    def _next_delay(self) -> float:
+        """The jittered pause before the next attempt; the backoff doubles."""
+        delay = self._backoff * random.uniform(0.5, 1.0)
+        self._backoff = min(self._backoff * 2, MAX_RECONNECT_DELAY)
+        return delay
+
     def _reconnect(self) -> bool:
-        _close_quietly(self._connection)
+        _close_quietly(self._connection, abort=True)
         self._connection, self._channel = None, None
+        if time.monotonic() - self._connected_at >= HEALTHY_AFTER:
+            self._backoff = RECONNECT_DELAY_MIN
         deadline = time.monotonic() + self._give_up
-        delay = 0.1
         attempt = 0
-        while not self._stop.is_set():
+        while not self._stop.wait(self._next_delay()):
             attempt += 1
             try:
                 self._connect()
             except Exception as error:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + self._backoff / 2 > deadline:
                     self._fail(ConnectFailed(
                         f"{self.name}: gave up reconnecting to {self.url} after "
                         f"{self._give_up:g} s ({attempt} attempts): {error}"))
                     return False
-                logger.info("%s: reconnect attempt %d failed: %s; next in %.1f s",
-                            self.name, attempt, error, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+                logger.info("%s: reconnect attempt %d failed: %s", self.name, attempt, error)
                 continue
             self.reconnects += 1
             logger.warning("%s: reconnected to %s after %d attempt(s)", self.name, self.url,
@@ -521,8 +673,10 @@ class IOThread:
 
     def _fail(self, error: BaseException) -> None:
         logger.error("%s", error)
-        self._fatal = error
-        with self._ops_lock:
+        with self._lock:
+            self._fatal = error
+            if self._state in ("running", "stopping"):
+                self._state = "failed"
             ops, self._ops = self._ops, collections.deque()
         for _, future in ops:
             if future is not None and not future.done():
@@ -534,13 +688,16 @@ class IOThread:
                 logger.exception("%s: failure callback failed", self.name)
 
     def _shutdown(self) -> None:
-        with self._ops_lock:
+        with self._lock:
             ops, self._ops = self._ops, collections.deque()
+            if self._state in ("running", "stopping"):
+                self._state = "stopping"
         for _, future in ops:
             if future is not None and not future.done():
                 future.set_exception(ClientStopped(f"{self.name} stopped"))
         _close_quietly(self._connection)
         self._connection, self._channel = None, None
+        self._close_pipe()
 
 
 def _settle_failed(future: Future | None, error: BaseException, name: str) -> None:
@@ -554,17 +711,18 @@ class _ChannelClosed(Exception):
     """The broker closed the channel after an error: reconnect to get a fresh one."""
 
 
-def _readable(sock: Any) -> bool:
-    pending = getattr(sock, "pending", None)
-    if pending is not None and pending():
-        return True
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
-
-
-def _close_quietly(connection: kombu.Connection | None) -> None:
+def _close_quietly(connection: kombu.Connection | None, abort: bool = False) -> None:
+    """Close ``connection`` within :data:`CLOSE_TIMEOUT`; ``abort`` skips the handshake."""
     if connection is None:
         return
+    raw = connection._connection  # not .connection: that would connect again
+    sock = getattr(raw, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            if abort:
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
+                sock.settimeout(CLOSE_TIMEOUT)  # a broker that does not answer the close
     try:
         connection.release()
     except Exception as error:  # noqa: BLE001 - the connection is going away anyway

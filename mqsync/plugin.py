@@ -267,7 +267,7 @@ class PluginSource(IntervalSource):
         # every source declares its metrics once connected.
         self.apply_config(config)
         declared = self.metrics()
-        if declared and self.running:
+        if declared and self._connected:
             self.declare_metrics(declared)
 
     def rate(self) -> float | None:

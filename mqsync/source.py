@@ -33,6 +33,10 @@ from .timeseries import Timestamp
 
 logger = logging.getLogger(__name__)
 
+#: A Source takes times within ±2**62 ns (±146 years) of the epoch: any two of them then
+#: differ by an int64, the type of a chunk's time deltas.
+TIME_LIMIT_NS = 2**62
+
 
 class Source(Client):
     """A client that publishes data points.
@@ -50,6 +54,9 @@ class Source(Client):
         spool: an SQLite file (or an open :class:`~mqsync.spool.Spool`) where every chunk
             waits until the broker confirmed it, so a crash or a long outage loses
             nothing: the next start sends what is left first.
+        persistent: publish chunks persistent (delivery mode 2), so that they survive a
+            broker restart in the durable queues of mqsync's sinks; ``False`` publishes
+            them transient, as the official client does (a little faster, not restart-safe).
 
     Other keyword arguments go to :class:`~mqsync.Client`.  Override :meth:`task` for a
     loop of your own (it runs on its own thread once the source is connected), or use
@@ -66,6 +73,7 @@ class Source(Client):
         max_pending_chunks: int = 10_000,
         send_timeout: float = 30.0,
         spool: str | os.PathLike | Spool | None = None,
+        persistent: bool = True,
         **kwargs: Any,
     ):
         super().__init__(token, url, **kwargs)
@@ -80,7 +88,10 @@ class Source(Client):
         self._buffer_lock = threading.Lock()
         self._max_pending_chunks = max_pending_chunks
         self._spool_spec = spool
+        self.persistent = bool(persistent)
         self._publisher: ChunkPublisher | None = None
+        # True until the data connection is up, and again from stop() on: send() raises.
+        self._closed = True
         self._data: IOThread | None = None
         self._task_thread: threading.Thread | None = None
         #: Completed (with ``None``) when the source stops; :meth:`task` loops until then.
@@ -129,55 +140,99 @@ class Source(Client):
             spool = Spool(spool)
         self._publisher = publisher = ChunkPublisher(
             self.token, self.data_exchange, max_pending=self._max_pending_chunks,
-            spool=spool, count=self._count)
+            spool=spool, count=self._count, persistent=self.persistent)
         self._data = IOThread(derive_address(self._network_url, address),
                               f"mqsync-{self.token}-data", publisher.setup,
                               heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
-                              on_fatal=self._on_fatal)
+                              connect_timeout=min(self.connect_timeout, 30.0),
+                              on_fatal=self._on_data_fatal, on_unblocked=publisher.resume)
         publisher.io = self._data
         self._data.start(self.connect_timeout)
         publisher.replay_spool(self.send_timeout)
+        with self._buffer_lock:
+            self._closed = False
         if self.flush_interval is not None:
             self._data.add_tick(self._flush_stale, min(self.flush_interval / 2, 0.5))
+
+    def _io_threads(self) -> dict[str, IOThread | None]:
+        return {**super()._io_threads(), "data": self._data}
+
+    def _on_fatal(self, error: BaseException) -> None:
+        """A connection gave up: refuse new points (the accepted ones still leave while the
+        data connection lives, and are settled at stop)."""
+        self._failure = error
+        if self._publisher is not None:
+            self._close_buffers(f"{self.token}: stopped by a lost connection: {error}")
+        super()._on_fatal(error)
+
+    def _on_data_fatal(self, error: BaseException) -> None:
+        """The data IO thread gave up: refuse new points, settle the accepted ones now."""
+        self._on_fatal(error)
+        self._account_unconfirmed()
 
     def _dispatch_config(self, config: Mapping[str, Any]) -> None:
         """Hand a registration's configuration to the ``config`` handlers, in this thread."""
         self.rpc_dispatch("config", **dict(config))
 
     def _on_stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         if not self.task_stop_future.done():
             self.task_stop_future.set_result(None)
         thread = self._task_thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(_remaining(deadline))
             if thread.is_alive():
                 logger.error("%s: task() did not return within %g s of stop()", self.token,
                              timeout)
-        if self._data is not None:
-            try:
-                self.flush(timeout)
-            except Exception as error:
-                logger.error("%s: data not flushed at stop: %s", self.token, error)
-            self._data.stop(timeout)
-            self._account_unconfirmed()
-        if self._publisher is not None and self._publisher.spool is not None \
-                and self._spool_spec is not self._publisher.spool:
-            self._publisher.spool.close()
+        publisher = self._publisher
+        if publisher is not None and self._data is not None:
+            self._close_buffers(f"{self.token} is stopping; the point was not accepted")
+            missing = publisher.wait_settled(_remaining(deadline))
+            if missing:
+                logger.error("%s: %d chunk(s) not confirmed by the broker within %g s of "
+                             "stop()", self.token, missing, timeout)
+            if self._data.stop(_remaining(deadline)):
+                self._account_unconfirmed()
+            else:
+                logger.error("%s: the data IO thread did not end; %d chunk(s) are unaccounted "
+                             "for", self.token, missing)
+        if publisher is not None and publisher.spool is not None \
+                and self._spool_spec is not publisher.spool:
+            publisher.spool.close()
+
+    def _close_buffers(self, reason: str) -> None:
+        """Take no more points and hand every buffered one over, beyond ``max_pending``.
+
+        Senders waiting for room are woken first (they raise :class:`PublishFailed` with
+        ``reason`` and keep nothing), so the buffer lock is free at once.  Runs at stop,
+        and on the IO thread when it gave up (then :meth:`_account_unconfirmed` follows).
+        """
+        assert self._publisher is not None
+        self._publisher.close(PublishFailed, reason)
+        with self._buffer_lock:
+            self._closed = True
+            for metric, buffer in self._buffers.items():
+                points = len(buffer)
+                if points:
+                    self._publisher.hand(metric, buffer.take(), points)
 
     def _account_unconfirmed(self) -> None:
-        """After the data IO thread ended: say what the broker never confirmed."""
+        """Once the data IO thread ended: settle and report what was never confirmed."""
         assert self._publisher is not None
-        chunks, points = self._publisher.unconfirmed()
-        if not chunks:
-            return
-        if self._publisher.spool is not None:
-            logger.warning("%s: %d chunk(s) (%d points) not confirmed; they stay in the spool "
-                           "%s and are sent at the next start", self.token, chunks, points,
+        chunks = self._publisher.abandon()
+        spooled = sum(c.points for c in chunks if c.spool_id is not None)
+        lost = sum(c.points for c in chunks if c.spool_id is None)
+        if spooled:
+            self._count("spooled_points", spooled)
+            logger.warning("%s: %d points not confirmed by the broker; they stay in the spool "
+                           "%s and are sent at the next start", self.token, spooled,
                            self._publisher.spool.path)
-        else:
-            self._count("lost_points", points)
-            logger.error("%s: %d chunk(s) (%d points) were never confirmed by the broker and "
-                         "are lost (use a spool to keep them)", self.token, chunks, points)
+        if lost:
+            self._count("lost_points", lost)
+            logger.error("%s: %d points were never confirmed by the broker and are lost%s",
+                         self.token, lost,
+                         "" if self._publisher.spool is not None else
+                         " (use a spool to keep them)")
 
     def task(self) -> None:
         """Override with a loop that sends data until :attr:`task_stop_future` is done.
@@ -226,53 +281,75 @@ class Source(Client):
     def send(self, metric: str, time: Timestamp | int, value: float) -> None:
         """Buffer one data point; publish the metric's chunk when it is full.
 
-        ``time`` is a :class:`~mqsync.Timestamp` or int nanoseconds since the epoch.
+        ``time`` is a :class:`~mqsync.Timestamp` or int nanoseconds since the epoch, within
+        ±2**62 ns (±146 years) of it, so that any two points of a chunk differ by an int64.
+        When this returns, the point is accepted: it will be confirmed by the broker, or
+        counted in ``stats()["lost_points"]`` (or kept in the spool) with a log line.  When
+        it raises, the point was not accepted and nothing of it remains.
 
         Raises:
-            PublishFailed: the source is not running, or the IO thread fell behind for
-                longer than ``send_timeout``.
+            PublishFailed: the source is not running (not started, stopping, or its data
+                connection is down for good), or the broker has not confirmed earlier
+                chunks for ``send_timeout`` seconds (back-pressure).
             TypeError, ValueError: a bad metric name, time or value.
         """
         kind = type(time)
         time_ns = time.posix_ns if kind is Timestamp else time if kind is int else _as_ns(time)
+        if not -TIME_LIMIT_NS < time_ns < TIME_LIMIT_NS:
+            raise _time_out_of_range(time_ns)
         if type(value) is not float:
             value = _as_float(value)
         with self._buffer_lock:
+            if self._closed:
+                raise self._not_accepting(metric)
             buffer = self._buffers.get(metric)
             if buffer is None:  # (an empty buffer is falsy: compare with None)
                 buffer = self._buffer(metric)
             if buffer.append(time_ns, value):
-                self._publish(metric, buffer)
+                self._publish(metric, buffer, len(buffer) - 1)
 
     def send_many(self, metric: str, times: Sequence[Timestamp | int],
                   values: Sequence[float]) -> None:
-        """Buffer many points of one metric at once (times as Timestamps or int ns)."""
+        """Buffer many points of one metric at once (times as Timestamps or int ns).
+
+        All or nothing: if it raises, none of the points was accepted.
+        """
         # Fast paths for the usual sequences of ints and floats (a type check per point
         # in C); anything else is converted and checked point by point.
         times_ns = times if set(map(type, times)) == {int} else [_as_ns(t) for t in times]
+        if times_ns and not (-TIME_LIMIT_NS < min(times_ns) and max(times_ns) < TIME_LIMIT_NS):
+            raise _time_out_of_range(next(t for t in times_ns
+                                          if not -TIME_LIMIT_NS < t < TIME_LIMIT_NS))
         floats = values if set(map(type, values)) == {float} else [_as_float(v) for v in values]
         with self._buffer_lock:
+            if self._closed:
+                raise self._not_accepting(metric)
             buffer = self._buffers.get(metric)
             if buffer is None:
                 buffer = self._buffer(metric)
+            accepted = len(buffer)
             if buffer.extend(times_ns, floats):
-                self._publish(metric, buffer)
+                self._publish(metric, buffer, accepted)
 
     def flush(self, timeout: float | None = None) -> None:
         """Publish every buffered point now and wait until the broker confirmed them.
 
         Raises:
             PublishFailed: not everything was confirmed within ``timeout`` seconds (the
-                chunks stay pending and are resent after a reconnect).
+                chunks stay pending and are resent after a reconnect), or there was no
+                room for the buffered points (they stay buffered), or the source is not
+                running.
         """
         with self._buffer_lock:
+            if self._closed:
+                raise self._not_accepting("any metric")
             for metric, buffer in self._buffers.items():
                 if len(buffer):
-                    self._publish(metric, buffer)
+                    self._publish(metric, buffer, len(buffer))
         if self._publisher is None:
             return
         timeout = self.send_timeout if timeout is None else timeout
-        missing = self._publisher.wait_confirmed(timeout)
+        missing = self._publisher.wait_settled(timeout)
         if missing:
             raise PublishFailed(f"{self.token}: {missing} chunk(s) not confirmed by the broker "
                                 f"within {timeout:g} s")
@@ -282,39 +359,62 @@ class Source(Client):
         """Points the broker confirmed so far (all published ones, without confirms)."""
         return self._publisher.confirmed_points if self._publisher is not None else 0
 
-    def _publish(self, metric: str, buffer: ChunkBuffer, wait: bool = True) -> None:
-        """Under the buffer lock: hand the buffer's chunk over for publishing.
+    def _not_accepting(self, metric: str) -> Exception:
+        if self._failure is not None:
+            return PublishFailed(f"{self.token}: cannot send to {metric!r}: {self._failure}")
+        return PublishFailed(f"{self.token}: cannot send to {metric!r}: the source is "
+                             f"{self._state}")
 
-        With ``wait=False`` (on the IO thread itself) a full hand-over queue leaves the
-        points buffered for the next try instead of blocking.
+    def _publish(self, metric: str, buffer: ChunkBuffer, accepted: int,
+                 wait: bool = True) -> None:
+        """Under the buffer lock: hand the buffer's points over as one chunk.
+
+        If there is no room (or the source cannot publish), the points after the first
+        ``accepted`` (those the caller just added) are taken back and the error raised;
+        with ``wait=False`` (the flush timer, on the IO thread) it returns instead.
         """
         publisher = self._publisher
-        if publisher is None or self._state not in ("running", "stopping"):
-            raise PublishFailed(f"{self.token}: cannot send to {metric!r}: the source is "
-                                f"{self._failure or self._state}")
-        if not publisher.reserve(self.send_timeout if wait else None):
-            if not wait:
-                return
-            raise PublishFailed(f"{self.token}: the broker has not confirmed earlier chunks "
-                                f"for {self.send_timeout:g} s; the {len(buffer)} points of "
-                                f"{metric!r} stay buffered")
+        try:
+            if publisher is None:
+                raise self._not_accepting(metric)
+            if not publisher.reserve(self.send_timeout if wait else None):
+                if not wait:
+                    return
+                raise PublishFailed(f"{self.token}: the broker has not confirmed earlier chunks "
+                                    f"for {self.send_timeout:g} s; {len(buffer) - accepted} "
+                                    f"point(s) of {metric!r} not accepted")
+        except BaseException:
+            buffer.truncate(accepted)
+            raise
         points = len(buffer)
+        # Times and values were checked before they were buffered: encoding cannot fail.
         publisher.hand(metric, buffer.take(), points)
 
     def _flush_stale(self) -> None:
         """IO thread tick: publish chunks whose first point waited ``flush_interval``."""
         horizon = time.monotonic() - (self.flush_interval or 0.0)
-        # A sender may hold the lock while it waits for this very thread to take a chunk:
-        # never wait for it here; the next tick tries again.
+        # A sender may hold the lock while it waits for this very thread to confirm a
+        # chunk: never wait for it here; the next tick tries again.
         if not self._buffer_lock.acquire(blocking=False):
             return
         try:
+            if self._closed or self._publisher is None or not self._publisher.has_room():
+                return
             for metric, buffer in self._buffers.items():
                 oldest = buffer.oldest_monotonic
                 if oldest is not None and oldest <= horizon:
-                    self._publish(metric, buffer, wait=False)
+                    self._publish(metric, buffer, len(buffer), wait=False)
         finally:
             self._buffer_lock.release()
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _time_out_of_range(time_ns: int) -> ValueError:
+    return ValueError(f"time {time_ns} ns is out of range: a Source sends times within "
+                      f"±2**62 ns (±146 years) of the epoch, so that a chunk can carry them")
 
 
 def _as_ns(time: Any) -> int:
