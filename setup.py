@@ -29,6 +29,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            "pytest-timeout>=2.1",
             "freezegun>=1.2",
             "hypothesis>=6",
             "ruff>=0.4",

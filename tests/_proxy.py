@@ -11,7 +11,12 @@ import threading
 class FaultProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``; :meth:`cut` drops every connection and
     :meth:`refuse` makes new ones fail until :meth:`accept` (a broker outage, seen from the
-    client).  One selector thread; :meth:`close` stops and joins it."""
+    client).  One selector thread; :meth:`close` stops and joins it.
+
+    Counters, for a test to assert that its fault really happened: :attr:`connections`
+    (client connections forwarded), :attr:`cut_connections` (forwarded connections that
+    :meth:`cut` or :meth:`refuse` dropped) and :attr:`refused` (connections turned away
+    while refusing).  Only the proxy's thread writes them."""
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672):
         self._target = (target_host, target_port)
@@ -26,6 +31,8 @@ class FaultProxy:
         self._cut_requested = False
         self._stop = threading.Event()
         self.connections = 0
+        self.cut_connections = 0
+        self.refused = 0
         self._thread = threading.Thread(target=self._run, name="test-fault-proxy", daemon=True)
         self._thread.start()
 
@@ -65,8 +72,7 @@ class FaultProxy:
                 cut, self._cut_requested = self._cut_requested, False
                 refusing = self._refusing
             if cut:
-                for sock in list(self._peers):
-                    self._drop(sock)
+                self.cut_connections += sum(self._drop(sock) for sock in list(self._peers))
             for key, _ in self._selector.select(timeout=0.05):
                 if key.fileobj is self._listener:
                     self._accept_one(refusing)
@@ -80,6 +86,7 @@ class FaultProxy:
             return
         if refusing:
             client.close()
+            self.refused += 1
             return
         try:
             upstream = socket.create_connection(self._target, timeout=5)
@@ -112,7 +119,8 @@ class FaultProxy:
         except OSError:
             self._drop(sock)
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _drop(self, sock: socket.socket) -> bool:
+        """Close ``sock`` and its peer; return whether that pair was still open."""
         other = self._peers.pop(sock, None)
         for s in (sock, other):
             if s is None:
@@ -123,3 +131,4 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+        return other is not None

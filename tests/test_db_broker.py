@@ -247,6 +247,7 @@ def test_cut_connections_lose_and_duplicate_nothing(manager, tmp_path, unique):
             assert wait_until(lambda: _answers(history, metric), timeout=60)
             raw = history.history_raw_timeline(metric)
             assert [(v.timestamp.posix_ns, v.value) for v in raw] == points
+            assert proxy.cut_connections >= 2, "the cut missed the db or the history client"
             assert db.stats()["reconnects"] + history.stats()["reconnects"] >= 2
     finally:
         proxy.close()
