@@ -449,7 +449,7 @@ class IOThread:
             if self._prefetch_count:
                 channel.basic_qos(0, self._prefetch_count, False)
             self._connection, self._channel = connection, channel
-            self._socket_transport = getattr(raw, "sock", None) is not None
+            self._socket_transport = _socket_of(raw) is not None
             self.blocked = False
             if hasattr(raw, "on_blocked"):
                 raw.on_blocked = self._blocked
@@ -519,8 +519,8 @@ class IOThread:
         connection = self._connection
         assert connection is not None
         raw = connection.connection
-        sock = getattr(raw, "sock", None)
-        transport = getattr(raw, "transport", None)
+        sock = _socket_of(raw)
+        transport = getattr(raw, "_transport", None)
         with selectors.DefaultSelector() as selector, \
                 selectors.DefaultSelector() as socket_only:
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -564,8 +564,8 @@ class IOThread:
         return timeout
 
     def _connection_is_polled(self) -> bool:
-        raw = self._connection.connection if self._connection is not None else None
-        return getattr(raw, "sock", None) is None
+        raw = self._connection._connection if self._connection is not None else None
+        return _socket_of(raw) is None
 
     def _deliver(self, connection: kombu.Connection,
                  readable: Callable[[], bool] | None) -> None:
@@ -711,12 +711,20 @@ class _ChannelClosed(Exception):
     """The broker closed the channel after an error: reconnect to get a fresh one."""
 
 
+def _socket_of(raw: Any) -> Any:
+    """The socket of a py-amqp connection, or None (in-process transports, or closed).
+
+    Read through ``_transport``: py-amqp's ``sock`` and ``transport`` properties connect
+    again when the connection is closed.
+    """
+    return getattr(getattr(raw, "_transport", None), "sock", None)
+
+
 def _close_quietly(connection: kombu.Connection | None, abort: bool = False) -> None:
     """Close ``connection`` within :data:`CLOSE_TIMEOUT`; ``abort`` skips the handshake."""
     if connection is None:
         return
-    raw = connection._connection  # not .connection: that would connect again
-    sock = getattr(raw, "sock", None)
+    sock = _socket_of(connection._connection)  # not .connection: that would connect again
     if sock is not None:
         with contextlib.suppress(OSError):
             if abort:

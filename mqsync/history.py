@@ -311,6 +311,9 @@ class HistoryClient(Client):
         if self._history is not None:
             self._history.stop(timeout)
 
+    def _io_threads(self) -> dict[str, IOThread | None]:
+        return {**super()._io_threads(), "history": self._history}
+
     def stats(self) -> dict[str, int]:
         """Counters of :meth:`Client.stats`, plus ``unmatched_history_responses``."""
         counters = super().stats()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import mqsync
@@ -108,3 +110,28 @@ def test_a_client_without_a_manager_fails_to_start_with_a_clear_error(broker_url
 def test_unreachable_broker_fails_fast():
     with pytest.raises(mqsync.ConnectFailed):
         mqsync.Client("client-x", "amqp://guest:guest@127.0.0.1:1/", connect_timeout=3).start()
+
+
+def test_a_process_with_more_than_1024_open_files_keeps_its_connections(manager, unique):
+    """Defect: select() in the IO loop failed once a descriptor number passed 1024, and
+    every IO thread reconnected in a hot loop while every RPC timed out."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"the hard limit of open files ({hard}) is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with mqsync.Source(f"source-{unique}", manager.url) as source:
+            assert source._management is not None
+            source.get_metrics(timeout=10)
+            source.send(f"test.{unique}.fds", 1, 1.0)
+            source.flush(10)
+            stats = source.stats()
+        assert max(filler) > 1024
+        assert stats["reconnects"] == 0
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

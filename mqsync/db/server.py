@@ -151,6 +151,9 @@ class Db(Client):
         assert self._history is not None and self.history_queue is not None
         self._history.consume(self.history_queue, self._on_history_message, no_ack=False)
 
+    def _io_threads(self) -> dict[str, IOThread | None]:
+        return {**super()._io_threads(), "data": self._data, "history": self._history}
+
     def _on_stop(self, timeout: float) -> None:
         for io, queue_name in ((self._history, self.history_queue), (self._data, self.data_queue)):
             if io is None:
