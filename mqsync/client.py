@@ -33,6 +33,8 @@ BROADCAST_EXCHANGE = "metricq.broadcast"
 DATA_EXCHANGE = "metricq.data"
 HISTORY_EXCHANGE = "metricq.history"
 MAX_ROUTING_KEY_BYTES = 255
+#: Seconds a worker thread gets to end at stop even when the stop's timeout is used up.
+WORKER_GRACE = 0.2
 
 
 def check_metric_name(metric: str) -> str:
@@ -286,7 +288,7 @@ class Client(RPCDispatcher):
             self._pending.fail_all(ClientStopped(f"{self.token} stopped"))
             if self._management is not None:
                 self._management.stop(_remaining(deadline))
-            self._rpc_worker.stop(_remaining(deadline))
+            self._rpc_worker.stop(max(_remaining(deadline), WORKER_GRACE))
             if self._network_url is not None and self._url is None:
                 _embedded_release()
                 self._network_url = None

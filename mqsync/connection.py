@@ -73,9 +73,10 @@ MAX_RECONNECT_DELAY = 2.0
 HEALTHY_AFTER = 10.0
 #: Inbound messages delivered in one round before handed-over work gets its turn.
 INBOUND_BUDGET = 256
-#: Seconds a graceful close may take at stop before the socket is simply dropped.
+#: Seconds a graceful close may take at stop (within the stop's timeout) before the socket
+#: is simply dropped.
 CLOSE_TIMEOUT = 1.0
-#: Seconds :meth:`IOThread.stop` may exceed its timeout (joining, closing).
+#: Seconds :meth:`IOThread.stop` may exceed its timeout (ending the thread).
 STOP_GRACE = 0.5
 
 
@@ -165,6 +166,7 @@ class IOThread:
         self._socket_transport = False
         self._backoff = RECONNECT_DELAY_MIN
         self._connected_at = 0.0
+        self._close_deadline: float | None = None  # set by stop(): no close beyond it
         #: Number of reconnects after the first connect.
         self.reconnects = 0
         #: Times the broker blocked this connection (a memory or disk alarm).
@@ -260,7 +262,8 @@ class IOThread:
                 marker.result(max(0.0, deadline - time.monotonic()))
             except Exception as error:  # noqa: BLE001 - we stop anyway, but say why
                 logger.warning("%s: pending work not finished before stop: %s", self.name,
-                               error or type(error).__name__)
+                               str(error) or type(error).__name__)
+        self._close_deadline = deadline
         self._stop.set()
         self._wake()
         thread.join(max(0.0, deadline - time.monotonic()) + STOP_GRACE)
@@ -468,7 +471,7 @@ class IOThread:
                 self._setup(channel)
         except BaseException:
             self._connection, self._channel = None, None
-            _close_quietly(connection)
+            _close_quietly(connection, CLOSE_TIMEOUT)
             raise
         self._connected_at = time.monotonic()
 
@@ -642,7 +645,7 @@ class IOThread:
         return delay
 
     def _reconnect(self) -> bool:
-        _close_quietly(self._connection, abort=True)
+        _close_quietly(self._connection, 0.0)
         self._connection, self._channel = None, None
         if time.monotonic() - self._connected_at >= HEALTHY_AFTER:
             self._backoff = RECONNECT_DELAY_MIN
@@ -695,7 +698,10 @@ class IOThread:
         for _, future in ops:
             if future is not None and not future.done():
                 future.set_exception(ClientStopped(f"{self.name} stopped"))
-        _close_quietly(self._connection)
+        close_deadline = self._close_deadline
+        close_within = CLOSE_TIMEOUT if close_deadline is None else \
+            min(CLOSE_TIMEOUT, close_deadline - time.monotonic())
+        _close_quietly(self._connection, close_within)
         self._connection, self._channel = None, None
         self._close_pipe()
 
@@ -720,17 +726,17 @@ def _socket_of(raw: Any) -> Any:
     return getattr(getattr(raw, "_transport", None), "sock", None)
 
 
-def _close_quietly(connection: kombu.Connection | None, abort: bool = False) -> None:
-    """Close ``connection`` within :data:`CLOSE_TIMEOUT`; ``abort`` skips the handshake."""
+def _close_quietly(connection: kombu.Connection | None, within: float) -> None:
+    """Close ``connection`` gracefully within ``within`` seconds; <= 0: drop the socket."""
     if connection is None:
         return
     sock = _socket_of(connection._connection)  # not .connection: that would connect again
     if sock is not None:
         with contextlib.suppress(OSError):
-            if abort:
+            if within <= 0.01:
                 sock.shutdown(socket.SHUT_RDWR)
             else:
-                sock.settimeout(CLOSE_TIMEOUT)  # a broker that does not answer the close
+                sock.settimeout(within)  # a broker that does not answer the close
     try:
         connection.release()
     except Exception as error:  # noqa: BLE001 - the connection is going away anyway

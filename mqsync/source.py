@@ -187,7 +187,8 @@ class Source(Client):
         publisher = self._publisher
         if publisher is not None and self._data is not None:
             self._close_buffers(f"{self.token} is stopping; the point was not accepted")
-            missing = publisher.wait_settled(_remaining(deadline))
+            # Keep a little of the time for closing the connections.
+            missing = publisher.wait_settled(_remaining(deadline - min(1.0, timeout / 2)))
             if missing:
                 logger.error("%s: %d chunk(s) not confirmed by the broker within %g s of "
                              "stop()", self.token, missing, timeout)
