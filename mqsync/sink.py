@@ -13,18 +13,25 @@ requeued in a loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from typing import Any, Iterable, Sequence
+
+from kombu.exceptions import ChannelError
 
 from ._worker import Worker
 from .chunk import decode_chunk
 from .client import Client, check_metric_name, derive_address
-from .connection import IOThread
+from .connection import IOThread, time_left
 from .errors import ClientStopped, InvalidMessage, MqsyncError
 from .timeseries import Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the queue's release may take at stop when the stop's own time is used up.
+RELEASE_GRACE = 1.0
 
 
 class Sink(Client):
@@ -38,12 +45,20 @@ class Sink(Client):
         token: the sink's token; ``.<uuid>`` is appended unless ``add_uuid=False``.
         url: the broker URL; ``None`` joins the embedded in-process network.
         prefetch_count: messages the broker may hand over before they are acked.
+        durable: whether the sink's data queue survives a broker restart (and a lost
+            connection of the sink): the manager declares it durable, the data waiting in
+            it and its bindings come back with the broker, and the sink consumes it again
+            after reconnecting without asking the manager.  ``False`` gives the official
+            client's transient queue: auto-delete, gone with the sink's connection or the
+            broker, and what was routed meanwhile with it (after a reconnect the sink has
+            the manager declare it again, empty).
     """
 
     def __init__(self, token: str, url: str | None = None, *, add_uuid: bool = True,
-                 prefetch_count: int = 400, **kwargs: Any):
+                 prefetch_count: int = 400, durable: bool = True, **kwargs: Any):
         super().__init__(token, url, add_uuid=add_uuid, **kwargs)
         self.prefetch_count = prefetch_count
+        self.durable = bool(durable)
         self.data_queue: str | None = None
         self._subscribed: set[str] = set()
         self._subscribe_args: dict[str, Any] = {}
@@ -97,6 +112,7 @@ class Sink(Client):
                 arguments["expires"] = _expires_seconds(expires)
             if metadata is not None:
                 arguments["metadata"] = bool(metadata)
+            arguments["durable"] = self.durable
             reply = self.rpc("sink.subscribe", timeout=timeout, metrics=names, **arguments)
             self._subscribed.update(names)
             self._subscribe_args = {k: v for k, v in arguments.items() if k != "dataQueue"}
@@ -130,12 +146,16 @@ class Sink(Client):
 
     def _setup_data(self, channel: Any) -> None:
         assert self._data is not None and self.data_queue is not None
-        if self._data.generation > 1 and self._subscribed:
-            # After a reconnect: make sure the queue and its bindings exist again (the
-            # manager declares it with the arguments it had, so nothing is refused).
+        if self._data.generation > 1 and self._subscribed and not _queue_exists(
+                channel, self.data_queue):
+            # After a reconnect, with the queue gone (a transient queue after a broker
+            # restart, or an expired one): the manager declares it again, with the
+            # arguments it had, and binds it.  A queue that still exists (a durable one
+            # survives the broker's restart with its bindings and data) is simply consumed
+            # again: no manager is needed for that, so the sink recovers while it is down.
             metrics = sorted(self._subscribed)
-            logger.info("%s: renewing the subscription of %d metric(s) on %s", self.token,
-                        len(metrics), self.data_queue)
+            logger.warning("%s: data queue %s is gone; subscribing %d metric(s) again",
+                           self.token, self.data_queue, len(metrics))
             self.rpc("sink.subscribe", metrics=metrics, dataQueue=self.data_queue,
                      **self._subscribe_args)
         self._data.consume(self.data_queue, self._on_data_message, no_ack=False)
@@ -149,11 +169,13 @@ class Sink(Client):
         """Data worker: decode, run the callbacks, then ack (or reject without requeue)."""
         metric = message.delivery_info.get("routing_key", "")
         settle = "ack"
+        points = 0
         try:
             if message.properties.get("type") == "end":
                 self.on_end()
             else:
                 times_ns, values = decode_chunk(message.body)
+                points = len(times_ns)
                 self.on_chunk(metric, times_ns, values)
         except InvalidMessage as error:
             settle = "reject"
@@ -163,8 +185,9 @@ class Sink(Client):
         except Exception:
             settle = "reject"
             self._count("data_callback_errors")
-            logger.exception("%s: callback failed on a chunk of %r; the chunk is dropped",
-                             self.token, metric)
+            self._count("dropped_points", points)
+            logger.exception("%s: callback failed on a chunk of %r; its %d points are dropped",
+                             self.token, metric, points)
         self._settle(message, generation, settle)
 
     def _settle(self, message: Any, generation: int, how: str) -> None:
@@ -202,21 +225,25 @@ class Sink(Client):
         data = self._data
         if data is None:
             return
+        deadline = time.monotonic() + timeout
         queue = self.data_queue
         try:
-            data.call(lambda channel: data.cancel(queue or ""), timeout)
+            data.call(lambda channel: data.cancel(queue or ""), time_left(deadline))
         except Exception as error:
             logger.debug("%s: cancelling the consumer: %s", self.token, error)
-        self._data_worker.stop(timeout, finish=True)
-        data.stop(timeout)
-        self._release_queue()
+        self._data_worker.stop(time_left(deadline), finish=True)
+        data.stop(time_left(deadline))
+        self._release_queue(max(time_left(deadline), RELEASE_GRACE))
 
-    def _release_queue(self) -> None:
+    def _io_threads(self) -> dict[str, IOThread | None]:
+        return {**super()._io_threads(), "data": self._data}
+
+    def _release_queue(self, timeout: float) -> None:
         """A sink that stops cleanly frees its queue; after a crash it expires instead."""
         if self.data_queue is None or self._failure is not None:
             return
         try:
-            self.rpc("sink.release", dataQueue=self.data_queue, timeout=5.0)
+            self.rpc("sink.release", dataQueue=self.data_queue, timeout=timeout)
         except MqsyncError as error:
             logger.warning("%s: could not release %s (it expires on its own): %s", self.token,
                            self.data_queue, error)
@@ -234,6 +261,27 @@ class DurableSink(Sink):
         self.rpc_dispatch("config", **dict(reply.get("config") or {}))
 
 
+def _queue_exists(channel: Any, queue: str) -> bool:
+    """IO thread: whether ``queue`` exists, by a passive declare on a temporary channel.
+
+    (A refused passive declare closes the channel it ran on; the IO thread's own channel
+    must survive it.)  A connection error propagates: the setup is retried.
+    """
+    connection = channel.connection
+    if hasattr(connection, "channel"):  # py-amqp: the AMQP connection
+        temporary = connection.channel()
+    else:  # kombu's virtual transports (memory://): the transport makes channels
+        temporary = connection.create_channel(connection)
+    try:
+        temporary.queue_declare(queue=queue, passive=True)
+        return True
+    except ChannelError:
+        return False
+    finally:
+        with contextlib.suppress(ChannelError, OSError):
+            temporary.close()
+
+
 def _as_list(metrics: Iterable[str]) -> list[str]:
     if isinstance(metrics, str):
         return [metrics]
@@ -246,3 +294,4 @@ def _expires_seconds(expires: float | Timedelta) -> float:
     if not seconds > 0:
         raise ValueError(f"expires must be a positive duration, got {expires!r}")
     return seconds
+

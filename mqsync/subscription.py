@@ -11,6 +11,9 @@ and releases it::
         for metric, timestamp, value in subscriber.collect_data():
             ...
 
+The subscription's queue is durable (``durable: true`` in ``sink.subscribe``), and so the
+data waiting in it survives a restart of the broker.
+
 The Drain streams: at most ``buffer_chunks`` chunks wait between the broker and the
 loop, so a run of any length collects in bounded memory.
 """
@@ -58,8 +61,9 @@ class Subscriber(Client):
         self._collected = False
 
     def _on_start(self) -> None:
+        # durable: the buffered data must outlive a broker restart during the measurement
         reply = self.rpc("sink.subscribe", metrics=self.metrics, expires=self.expires,
-                         metadata=self._want_metadata)
+                         metadata=self._want_metadata, durable=True)
         self.queue = reply["dataQueue"]
         if isinstance(reply.get("metrics"), dict):
             self.metadata = reply["metrics"]
@@ -175,7 +179,7 @@ class Drain(Sink):
         self.rpc("sink.release", dataQueue=self.data_queue)
         self.data_queue = None  # released: nothing left to release at stop
 
-    def _release_queue(self) -> None:
+    def _release_queue(self, timeout: float) -> None:
         """A drain left early (an error, or the loop broke off) keeps its queue to expire:
         its data may still be wanted; a drain that reached the end released it already."""
 

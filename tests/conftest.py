@@ -21,6 +21,9 @@ import pytest
 BROKER_URL = os.environ.get("MQSYNC_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# rabbit_node: a private RabbitMQ node for tests that restart or kill their broker
+pytest_plugins = ["tests._rabbit_node"]
+
 
 def _broker_answers(url: str) -> bool:
     parts = urlsplit(url)

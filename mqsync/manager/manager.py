@@ -6,6 +6,14 @@ and binds the sinks' data queues, serves client configurations and keeps metric
 metadata.  It keeps no registry of live clients: cleanup rests on queue properties
 (``exclusive``, ``auto-delete``, ``x-expires``).
 
+A sink's data queue is declared as the official manager does (``durable=False,
+auto_delete=True`` with ``x-expires``: it goes when its sink goes) unless the subscriber asks
+for ``durable: true`` (an mqsync extension of ``sink.subscribe``; mqsync's Sink, DurableSink
+and Subscriber do): then it is ``durable=True, auto_delete=False`` with ``x-expires``, so the
+queue and its bindings survive a broker restart and a sink that lost its connection finds it
+again.  How each queue was declared is kept in the metadata store, so a re-subscription
+with ``dataQueue`` declares it identically (RabbitMQ refuses any difference with 406).
+
 Handlers run one at a time on the manager's RPC worker; queue work is handed to the
 data IO thread and waited for, so a slow broker never stalls the management inbox.
 """
@@ -84,6 +92,9 @@ class Manager(Client):
                               on_fatal=self._on_fatal)
         self._data.start(self.connect_timeout)
 
+    def _io_threads(self) -> dict[str, IOThread | None]:
+        return {**super()._io_threads(), "data": self._data}
+
     def _on_stop(self, timeout: float) -> None:
         if self._data is not None:
             self._data.stop(timeout)
@@ -148,25 +159,25 @@ class Manager(Client):
     @rpc_handler("sink.subscribe")
     def _sink_subscribe(self, from_token: str, metrics: Iterable[str] = (),
                         dataQueue: str | None = None, expires: float | None = None,  # noqa: N803
-                        metadata: bool = True, **_: Any) -> dict[str, Any]:
+                        metadata: bool = True, durable: bool = False,
+                        **_: Any) -> dict[str, Any]:
         names = _metric_list(metrics, "sink.subscribe")
+        if not isinstance(durable, bool):
+            raise RPCError(f"sink.subscribe: 'durable' must be true or false, got {durable!r}")
         queue = dataQueue or f"{from_token}-{uuid.uuid4().hex}-data"
-        arguments = self.metadata.queue_arguments(queue)
-        if arguments is None:
-            arguments = {"x-expires": _expires_ms(expires)}
-            self.metadata.set_queue_arguments(queue, arguments)
+        declaration = _QueueDeclaration.load(self.metadata.queue_arguments(queue))
+        if declaration is None:
+            declaration = _QueueDeclaration(durable, {"x-expires": _expires_ms(expires)})
+            self.metadata.set_queue_arguments(queue, declaration.dump())
 
         def declare_and_bind(channel: Any) -> None:
-            # Not auto-delete: a sink that lost its connection finds its queue (and the
-            # data routed meanwhile) when it comes back; a clean stop releases it, and an
-            # abandoned one expires after x-expires.
-            channel.queue_declare(queue=queue, durable=False, exclusive=False,
-                                  auto_delete=False, arguments=arguments)
+            declaration.declare(channel, queue)
             for name in names:
                 channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
 
         self._on_data(declare_and_bind)
-        logger.info("%s subscribed to %d metric(s) on %s", from_token, len(names), queue)
+        logger.info("%s subscribed to %d metric(s) on %s (%s)", from_token, len(names), queue,
+                    "durable" if declaration.durable else "auto-delete")
         return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
                 "metrics": self._metrics_reply(names, metadata)}
 
@@ -183,8 +194,9 @@ class Manager(Client):
             for name in names:
                 channel.queue_unbind(queue=dataQueue, exchange=DATA_EXCHANGE, routing_key=name)
             if end:
+                # persistent: in a durable queue the marker survives a broker restart
                 message = channel.prepare_message(b"", None, None, None, None,
-                                                  {"type": "end", "delivery_mode": 1})
+                                                  {"type": "end", "delivery_mode": 2})
                 channel.basic_publish(message, exchange="", routing_key=dataQueue)
 
         self._on_data(unbind)
@@ -196,6 +208,7 @@ class Manager(Client):
     def _sink_release(self, from_token: str, dataQueue: str = "", **_: Any) -> None:  # noqa: N803
         if not dataQueue:
             raise RPCError("sink.release needs 'dataQueue'")
+        # Durable and auto-delete queues alike (deleting one that is gone is no error).
         self._on_data(lambda channel: channel.queue_delete(queue=dataQueue))
         self.metadata.set_queue_arguments(dataQueue, None)
         logger.info("%s released %s", from_token, dataQueue)
@@ -309,6 +322,38 @@ class Manager(Client):
         if not metadata:
             return names
         return {name: self.metadata.get(name) or {} for name in names}
+
+
+class _QueueDeclaration:
+    """How a sink's data queue is declared, remembered per queue in the metadata store."""
+
+    __slots__ = ("durable", "auto_delete", "arguments")
+
+    def __init__(self, durable: bool, arguments: Mapping[str, Any],
+                 auto_delete: bool | None = None):
+        self.durable = durable
+        # the official manager's transient queue is auto-delete; a durable one never is
+        self.auto_delete = not durable if auto_delete is None else auto_delete
+        self.arguments = dict(arguments)
+
+    @classmethod
+    def load(cls, stored: Mapping[str, Any] | None) -> _QueueDeclaration | None:
+        if stored is None:
+            return None
+        if isinstance(stored.get("arguments"), Mapping):
+            return cls(bool(stored.get("durable")), stored["arguments"],
+                       bool(stored.get("auto_delete")))
+        # stored by an earlier mqsync-manager: only the arguments, of a queue it declared
+        # neither durable nor auto-delete
+        return cls(False, stored, auto_delete=False)
+
+    def dump(self) -> dict[str, Any]:
+        return {"durable": self.durable, "auto_delete": self.auto_delete,
+                "arguments": dict(self.arguments)}
+
+    def declare(self, channel: Any, queue: str) -> None:
+        channel.queue_declare(queue=queue, durable=self.durable, exclusive=False,
+                              auto_delete=self.auto_delete, arguments=dict(self.arguments))
 
 
 def _metric_list(metrics: Any, function: str) -> list[str]:
