@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from ._version import __version__
 from ._worker import Worker
-from .connection import IOThread, redact_url
+from .connection import IOThread, redact_url, time_left
 from .errors import ClientStopped, ConnectFailed, InvalidMessage, MqsyncError, RPCTimeout
 from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_handler
 from .timeseries import Timestamp
@@ -281,14 +281,14 @@ class Client(RPCDispatcher):
         with self._lifecycle:
             self._state = "stopping"
         try:
-            self._on_stop(_remaining(deadline))
+            self._on_stop(time_left(deadline))
         except Exception:
             logger.exception("%s: error while stopping", self.token)
         finally:
             self._pending.fail_all(ClientStopped(f"{self.token} stopped"))
             if self._management is not None:
-                self._management.stop(_remaining(deadline))
-            self._rpc_worker.stop(max(_remaining(deadline), WORKER_GRACE))
+                self._management.stop(time_left(deadline))
+            self._rpc_worker.stop(max(time_left(deadline), WORKER_GRACE))
             if self._network_url is not None and self._url is None:
                 _embedded_release()
                 self._network_url = None
@@ -565,9 +565,6 @@ class Client(RPCDispatcher):
         finally:
             self._pending.forget(correlation_id)
 
-
-def _remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
 
 
 def _fail_with(reply: Future, sent: Future) -> None:

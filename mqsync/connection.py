@@ -80,6 +80,11 @@ CLOSE_TIMEOUT = 1.0
 STOP_GRACE = 0.5
 
 
+def time_left(deadline: float) -> float:
+    """Seconds from now until ``deadline`` (a :func:`time.monotonic` value), at least 0."""
+    return max(0.0, deadline - time.monotonic())
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``******`` (for logs and reprs)."""
     parts = urlsplit(url)
@@ -259,14 +264,14 @@ class IOThread:
             # A final no-op marks the end of the queue: everything before it runs first.
             marker = self._enqueue(lambda channel: None, Future(), force=True)
             try:
-                marker.result(max(0.0, deadline - time.monotonic()))
+                marker.result(time_left(deadline))
             except Exception as error:  # noqa: BLE001 - we stop anyway, but say why
                 logger.warning("%s: pending work not finished before stop: %s", self.name,
                                str(error) or type(error).__name__)
         self._close_deadline = deadline
         self._stop.set()
         self._wake()
-        thread.join(max(0.0, deadline - time.monotonic()) + STOP_GRACE)
+        thread.join(time_left(deadline) + STOP_GRACE)
         if thread.is_alive():
             logger.error("%s: IO thread did not end within %g s of stop()", self.name, timeout)
             return False
@@ -578,7 +583,7 @@ class IOThread:
                 # The socket is readable (or the transport is polled): a frame is there,
                 # but a message may span several frames, so allow a little time.
                 connection.drain_events(timeout=0.05 if readable is not None else 0)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return
             if readable is not None and not readable():
                 return

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ._delivery import ChunkPublisher
 from .chunk import ChunkBuffer
 from .client import DATA_EXCHANGE, Client, check_metric_name, derive_address
-from .connection import IOThread
+from .connection import IOThread, time_left
 from .errors import PublishFailed
 from .spool import Spool
 from .timeseries import Timestamp
@@ -180,7 +180,7 @@ class Source(Client):
             self.task_stop_future.set_result(None)
         thread = self._task_thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(_remaining(deadline))
+            thread.join(time_left(deadline))
             if thread.is_alive():
                 logger.error("%s: task() did not return within %g s of stop()", self.token,
                              timeout)
@@ -188,11 +188,11 @@ class Source(Client):
         if publisher is not None and self._data is not None:
             self._close_buffers(f"{self.token} is stopping; the point was not accepted")
             # Keep a little of the time for closing the connections.
-            missing = publisher.wait_settled(_remaining(deadline - min(1.0, timeout / 2)))
+            missing = publisher.wait_settled(time_left(deadline - min(1.0, timeout / 2)))
             if missing:
                 logger.error("%s: %d chunk(s) not confirmed by the broker within %g s of "
                              "stop()", self.token, missing, timeout)
-            if self._data.stop(_remaining(deadline)):
+            if self._data.stop(time_left(deadline)):
                 self._account_unconfirmed()
             else:
                 logger.error("%s: the data IO thread did not end; %d chunk(s) are unaccounted "
@@ -318,7 +318,7 @@ class Source(Client):
         # Fast paths for the usual sequences of ints and floats (a type check per point
         # in C); anything else is converted and checked point by point.
         times_ns = times if set(map(type, times)) == {int} else [_as_ns(t) for t in times]
-        if times_ns and not (-TIME_LIMIT_NS < min(times_ns) and max(times_ns) < TIME_LIMIT_NS):
+        if times_ns and not (min(times_ns) > -TIME_LIMIT_NS and max(times_ns) < TIME_LIMIT_NS):
             raise _time_out_of_range(next(t for t in times_ns
                                           if not -TIME_LIMIT_NS < t < TIME_LIMIT_NS))
         floats = values if set(map(type, values)) == {float} else [_as_float(v) for v in values]
@@ -408,9 +408,6 @@ class Source(Client):
         finally:
             self._buffer_lock.release()
 
-
-def _remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
 
 
 def _time_out_of_range(time_ns: int) -> ValueError:

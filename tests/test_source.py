@@ -174,3 +174,26 @@ def test_durable_sink_gets_its_configuration(unique):
         with Configured(f"sink-{unique}") as sink:
             assert sink.token == f"sink-{unique}"
             assert sink.config == {"threshold": 3}
+
+
+def test_a_raising_callback_counts_the_points_it_dropped(unique):
+    """Defect: the counter counted chunks while a whole chunk of points was dropped."""
+    metric = f"test.{unique}.raisechunk"
+
+    class Fragile(RecordingSink):
+        def on_chunk(self, metric, times_ns, values):
+            if 13.0 in values:
+                raise RuntimeError("unlucky")
+            super().on_chunk(metric, times_ns, values)
+
+    with mqsync.Source(f"source-{unique}", chunk_size=10) as source, \
+            Fragile(f"sink-{unique}") as sink:
+        sink.subscribe([metric])
+        for i in range(30):
+            source.send(metric, T0 + i, float(i))
+        source.flush()
+        assert wait_until(lambda: sink.count() == 20)
+        assert wait_until(lambda: sink.stats()["dropped_points"] == 10)
+        stats = sink.stats()
+    assert stats["data_callback_errors"] == 1
+    assert stats["lost_points"] == 0 and "data_reconnects" in stats
