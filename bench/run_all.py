@@ -24,6 +24,8 @@ The benchmarks, also runnable alone (see their docstrings):
   raw kombu consumer with ``decode_chunk`` (``--profile``)
 - ``bench_latency.py``: Source -> Sink latency at 1000 points/s, chunk size 1
 - ``bench_memory.py``: RSS of a Source buffering 1000 x 999 points
+- ``bench_durability.py``: persistent chunks in durable queues against transient ones in
+  auto-delete queues (what surviving a broker restart costs)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import bench_durability  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_sink  # noqa: E402
@@ -46,6 +49,7 @@ BENCHMARKS = {
     "sink": bench_sink.run,
     "latency": bench_latency.run,
     "memory": bench_memory.run,
+    "durability": bench_durability.run,
 }
 
 

@@ -90,8 +90,8 @@ class Source(Client):
         self._spool_spec = spool
         self.persistent = bool(persistent)
         self._publisher: ChunkPublisher | None = None
-        # True until the data connection is up, and again from stop() on: send() raises.
-        self._closed = True
+        # From stop() (or a connection that gave up) on: the source takes no more points.
+        self._closed = False
         self._data: IOThread | None = None
         self._task_thread: threading.Thread | None = None
         #: Completed (with ``None``) when the source stops; :meth:`task` loops until then.
@@ -115,6 +115,13 @@ class Source(Client):
             return self._buffer(metric)
 
     def _buffer(self, metric: str) -> ChunkBuffer:
+        """Under the buffer lock: the buffer of ``metric``, made on first use.
+
+        Raises:
+            PublishFailed: the source stopped (or failed) and takes no more points.
+        """
+        if self._closed:
+            raise self._not_accepting(metric)
         buffer = self._buffers.get(metric)
         if buffer is None:
             check_metric_name(metric)
@@ -149,8 +156,6 @@ class Source(Client):
         publisher.io = self._data
         self._data.start(self.connect_timeout)
         publisher.replay_spool(self.send_timeout)
-        with self._buffer_lock:
-            self._closed = False
         if self.flush_interval is not None:
             self._data.add_tick(self._flush_stale, min(self.flush_interval / 2, 0.5))
 
@@ -216,6 +221,8 @@ class Source(Client):
                 points = len(buffer)
                 if points:
                     self._publisher.hand(metric, buffer.take(), points)
+            # send() finds no buffer and asks _buffer(), which refuses: no check per point
+            self._buffers = {}
 
     def _account_unconfirmed(self) -> None:
         """Once the data IO thread ended: settle and report what was never confirmed."""
@@ -296,16 +303,15 @@ class Source(Client):
         """
         kind = type(time)
         time_ns = time.posix_ns if kind is Timestamp else time if kind is int else _as_ns(time)
-        if not -TIME_LIMIT_NS < time_ns < TIME_LIMIT_NS:
+        # TIME_LIMIT_NS as literals: constants cost less than two global lookups per point
+        if not -4611686018427387904 < time_ns < 4611686018427387904:
             raise _time_out_of_range(time_ns)
         if type(value) is not float:
             value = _as_float(value)
         with self._buffer_lock:
-            if self._closed:
-                raise self._not_accepting(metric)
             buffer = self._buffers.get(metric)
             if buffer is None:  # (an empty buffer is falsy: compare with None)
-                buffer = self._buffer(metric)
+                buffer = self._buffer(metric)  # raises once the source stopped
             if buffer.append(time_ns, value):
                 self._publish(metric, buffer, len(buffer) - 1)
 
@@ -323,11 +329,9 @@ class Source(Client):
                                           if not -TIME_LIMIT_NS < t < TIME_LIMIT_NS))
         floats = values if set(map(type, values)) == {float} else [_as_float(v) for v in values]
         with self._buffer_lock:
-            if self._closed:
-                raise self._not_accepting(metric)
             buffer = self._buffers.get(metric)
             if buffer is None:
-                buffer = self._buffer(metric)
+                buffer = self._buffer(metric)  # raises once the source stopped
             accepted = len(buffer)
             if buffer.extend(times_ns, floats):
                 self._publish(metric, buffer, accepted)
