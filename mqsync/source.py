@@ -324,9 +324,12 @@ class Source(Client):
         # Fast paths for the usual sequences of ints and floats (a type check per point
         # in C); anything else is converted and checked point by point.
         times_ns = times if set(map(type, times)) == {int} else [_as_ns(t) for t in times]
-        if times_ns and not (min(times_ns) > -TIME_LIMIT_NS and max(times_ns) < TIME_LIMIT_NS):
-            raise _time_out_of_range(next(t for t in times_ns
-                                          if not -TIME_LIMIT_NS < t < TIME_LIMIT_NS))
+        if times_ns:
+            # sorted() of ascending times (the usual case) is one pass, cheaper than min+max
+            ordered = sorted(times_ns)
+            if not (ordered[0] > -TIME_LIMIT_NS and ordered[-1] < TIME_LIMIT_NS):
+                raise _time_out_of_range(ordered[0] if ordered[0] <= -TIME_LIMIT_NS
+                                         else ordered[-1])
         floats = values if set(map(type, values)) == {float} else [_as_float(v) for v in values]
         with self._buffer_lock:
             buffer = self._buffers.get(metric)
