@@ -13,13 +13,10 @@ requeued in a loop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from typing import Any, Iterable, Sequence
-
-from kombu.exceptions import ChannelError
 
 from ._worker import Worker
 from .chunk import decode_chunk
@@ -146,8 +143,9 @@ class Sink(Client):
 
     def _setup_data(self, channel: Any) -> None:
         assert self._data is not None and self.data_queue is not None
-        if self._data.generation > 1 and self._subscribed and not _queue_exists(
-                channel, self.data_queue):
+        queue = self.data_queue
+        if self._data.generation > 1 and self._subscribed and not self._data.probe(
+                lambda temporary: temporary.queue_declare(queue=queue, passive=True), None):
             # After a reconnect, with the queue gone (a transient queue after a broker
             # restart, or an expired one): the manager declares it again, with the
             # arguments it had, and binds it.  A queue that still exists (a durable one
@@ -259,27 +257,6 @@ class DurableSink(Sink):
     def _on_start(self) -> None:
         reply = self.rpc("sink.register")
         self.rpc_dispatch("config", **dict(reply.get("config") or {}))
-
-
-def _queue_exists(channel: Any, queue: str) -> bool:
-    """IO thread: whether ``queue`` exists, by a passive declare on a temporary channel.
-
-    (A refused passive declare closes the channel it ran on; the IO thread's own channel
-    must survive it.)  A connection error propagates: the setup is retried.
-    """
-    connection = channel.connection
-    if hasattr(connection, "channel"):  # py-amqp: the AMQP connection
-        temporary = connection.channel()
-    else:  # kombu's virtual transports (memory://): the transport makes channels
-        temporary = connection.create_channel(connection)
-    try:
-        temporary.queue_declare(queue=queue, passive=True)
-        return True
-    except ChannelError:
-        return False
-    finally:
-        with contextlib.suppress(ChannelError, OSError):
-            temporary.close()
 
 
 def _as_list(metrics: Iterable[str]) -> list[str]:
