@@ -202,11 +202,6 @@ class IOThread:
         """Whether the thread runs and has not given up or been stopped."""
         return self._state == "running"
 
-    @property
-    def on_io_thread(self) -> bool:
-        """Whether the calling thread is this IO thread."""
-        return threading.current_thread() is self._thread
-
     def start(self, timeout: float = 30.0) -> None:
         """Connect, run ``setup`` and start the loop; raise :class:`ConnectFailed` on failure.
 
