@@ -431,6 +431,92 @@ def test_credentials_never_reach_the_logs(fake_tools, collectors, caplog, tmp_pa
         assert PASSWORD not in str(record.args)
 
 
+class EchoingBackend:
+    """Fails every host with a message (the way a tool echoes what it was given)."""
+
+    max_hosts = 1
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def group_key(self, host):
+        return host
+
+    def poll(self, hosts, runner, timeout):
+        return {host: self.message for host in hosts}
+
+
+def scrubbed(message: str, password: str) -> str:
+    """``message`` as the collector keeps and logs it for a host with ``password``."""
+    bmc = BmcHost("bmc1", "bmc1", USERNAME, Secret(password))
+    collector = IpmiCollector([bmc], EchoingBackend(message), timeout=2.0)
+    try:
+        collector.collect(Emitted().emit)
+    finally:
+        assert collector.close(5.0)
+    return collector.state("bmc1").last_error
+
+
+@pytest.mark.parametrize("password", ["o", "en", "sens", "ipmi"])
+def test_a_short_password_does_not_garble_words_that_contain_it(password):
+    message = "ipmi-sensors: connection timeout; see /etc/ipmi-sensors.conf"
+    assert scrubbed(message, password) == message
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("password=sens", "password=********"),
+    ("ipmitool -P sens -H bmc1", "ipmitool -P ******** -H bmc1"),
+    ("rejected password 'sens'", "rejected password '********'"),
+    ('rejected password "sens".', 'rejected password "********".'),
+    ("ipmi://admin:sens@10.0.0.1/", "ipmi://admin:********@10.0.0.1/"),
+    ("sens", "********"),
+    ("auth [sens], retry (sens); sens, sens!", "auth [********], retry (********); ********, "
+                                               "********!"),
+    ("sens sensor sens.example.com xsens sens_1 sens-2", "******** sensor sens.example.com "
+                                                         "xsens sens_1 sens-2"),
+])
+def test_a_password_standing_alone_is_masked(message, expected):
+    assert scrubbed(message, "sens") == expected
+
+
+def test_a_password_with_regex_metacharacters_is_masked_literally():
+    password = "a.b*c("
+    assert scrubbed("login a.b*c( failed", password) == "login ******** failed"
+    assert scrubbed("password=a.b*c(", password) == "password=********"
+    # as a regex "a.b*c(" would not compile; taken literally it matches no look-alike
+    assert scrubbed("axbbbc( aXb*c( a.b*c(d", password) == "axbbbc( aXb*c( a.b*c(d"
+
+
+def test_a_password_with_a_space_is_one_token():
+    password = "my pass"
+    assert scrubbed("-P 'my pass' rejected", password) == "-P '********' rejected"
+    assert scrubbed("password=my pass", password) == "password=********"
+    assert scrubbed("my passport and army pass", password) == "my passport and army pass"
+
+
+def test_escaped_spellings_of_the_password_are_masked():
+    # pyghmi's exceptions show a repr; FreeIPMI echoes its configuration file's escapes
+    error = repr(KeyError(PASSWORD))
+    assert PASSWORD not in error and scrubbed(error, PASSWORD) == "KeyError('********')"
+    line = 'config line 2: password "S3cr\\#t \\"pw\\" \\\\x" rejected'
+    assert scrubbed(line, PASSWORD) == 'config line 2: password "********" rejected'
+
+
+def test_an_empty_or_blank_password_masks_nothing():
+    message = "ipmi-sensors: connection  timeout"
+    assert scrubbed(message, "") == message
+    assert scrubbed(message, " ") == message
+
+
+def test_masked_messages_are_what_is_logged(caplog):
+    caplog.set_level(logging.WARNING)
+    assert scrubbed("ipmi-sensors: bad password sens", "sens") == (
+        "ipmi-sensors: bad password ********")
+    (record,) = caplog.records
+    assert "ipmi-sensors: bad password ********" in record.getMessage()
+    assert " sens" not in record.getMessage()
+
+
 def test_a_slow_host_does_not_stall_the_others(fake_tools, collectors, caplog):
     collector = collectors(["slow-1", "ok-1", "ok-2"], hosts_per_process=1, timeout=2.0,
                            session_timeout=0.5)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from concurrent.futures import Future, as_completed
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
 from .._common import selected
+from ._backends import _quote_freeipmi
 from ._options import BACKOFF_SECONDS, GRACE_SECONDS
 from ._parsing import sensor_metrics
 from ._process import ProcessRunner, _WorkerPool
@@ -31,6 +33,36 @@ class HostState:
     busy: bool = False
     last_error: str = ""
     metrics: dict[str, dict[str, Any]] = attrs.Factory(dict)
+
+
+MASK = "********"
+
+# What ends a token in tool output and command lines: `-P pw`, `password=pw`, `'pw'`,
+# `user:pw@host`, `[pw]`, `a\"pw\"`.  Not '-', '.' or '_': they sit inside host names,
+# file names and words ("ipmi-sensors"), and a short password must not garble those.
+_DELIMITERS = r"\s'\"`=:,;/@\\|&()\[\]{}<>"
+_TOKEN_START = rf"(?<![^{_DELIMITERS}])"
+# Sentence punctuation may follow a token too ("rejected password pw."), but only before a
+# delimiter or the end, so "pw.example.com" stays whole.
+_TOKEN_END = rf"(?=[.!?]*(?:[{_DELIMITERS}]|\Z))"
+
+
+def secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """A regex matching each secret where it stands as a whole token, or None if none.
+
+    A secret matches only between delimiters (start or end of the text, whitespace, quotes,
+    ``= : , ; / @ \\ | &`` and brackets), never inside a longer word; a secret with spaces
+    is one token.  Besides the text itself, its spellings in a Python ``repr`` and in a
+    FreeIPMI configuration file (backslash escapes) match.  Empty or blank secrets match
+    nothing: they cannot be told apart from the text around them.
+    """
+    spellings = {spelling for secret in secrets if secret.strip()
+                 for spelling in (secret, repr(secret)[1:-1], _quote_freeipmi(secret)[1:-1])}
+    if not spellings:
+        return None
+    # Longest first, so a secret that contains another one is masked whole.
+    alternatives = "|".join(map(re.escape, sorted(spellings, key=lambda s: (-len(s), s))))
+    return re.compile(f"{_TOKEN_START}(?:{alternatives}){_TOKEN_END}")
 
 
 Emit = Callable[[str, float], None]
@@ -74,8 +106,7 @@ class IpmiCollector:
         self._declared: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._secrets = sorted({host.password.reveal() for host in self.hosts
-                                if host.password.reveal()}, key=len, reverse=True)
+        self._secret_pattern = secret_pattern(host.password.reveal() for host in self.hosts)
 
     # -- status --------------------------------------------------------------------------
 
@@ -194,9 +225,10 @@ class IpmiCollector:
                            host.label, failures, result, delay)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text
+        """``text`` with every password of the hosts masked where it is a whole token."""
+        if self._secret_pattern is None:
+            return text
+        return self._secret_pattern.sub(MASK, text)
 
     def _wanted(self, reading: Reading) -> bool:
         if self.sensor_types and reading.type and reading.type.lower() not in self.sensor_types:
