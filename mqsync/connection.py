@@ -29,6 +29,13 @@ turns true, publishers hold their data until ``connection.unblocked`` (the
 ``on_unblocked`` callback), and every socket write is bounded by ``write_timeout``, so
 the thread never hangs in a write.
 
+Nothing that comes off the wire makes the thread reconnect.  kombu would inflate a body
+whose ``compression`` header asks for it (a few hundred kilobytes can ask for gigabytes)
+and raise inside the loop when it cannot: here no body is ever inflated.  MetricQ never
+compresses, so a message with a ``compression`` header, or one kombu cannot take apart, is
+refused: logged (one WARNING line, rate-limited), counted in :attr:`IOThread.refused` and
+rejected without requeue, never handed to a consumer.
+
 Life cycle: ``new → running → stopping → stopped`` (or ``failed`` after giving up).
 :meth:`IOThread.stop` always wins: called at any time, from any thread, any number of
 times, it returns within its timeout plus a short grace.
@@ -41,17 +48,20 @@ import contextlib
 import logging
 import os
 import random
+import re
 import selectors
 import socket
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import kombu
+import kombu.message
 
-from .errors import ClientStopped, ConnectFailed
+from ._log import Throttled
+from .errors import ClientStopped, ConfigError, ConnectFailed
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +96,58 @@ def time_left(deadline: float) -> float:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``******`` (for logs and reprs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """Return ``url`` with any password replaced by ``******`` (for logs and reprs).
+
+    The user information is everything between ``://`` and the last ``@``, and the
+    password everything in it after the first ``:``.  That holds whatever the password
+    contains, even ``#``, ``/``, ``?`` or ``@`` written unencoded (which a URL parser would
+    take for the start of a fragment, path or query and so print).  Several URLs joined
+    with ``;`` (kombu's failover form) are masked one by one.
+    """
+    return ";".join(_redact_one(part) for part in _NEXT_URL.split(url))
+
+
+_NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` if it is a broker URL kombu reads as written; raise otherwise.
+
+    A password with ``#``, ``/``, ``?`` or ``@`` written unencoded makes a URL parser cut
+    the URL in the password and report a piece of it (as a port, a host, a path); such a
+    URL is refused here, before anything can echo it, with the masked URL in the message.
+
+    Raises:
+        ConfigError: ``url`` is not ``scheme://[user[:password]@]host[:port][/vhost]``.
+    """
+    for part in _NEXT_URL.split(url):
+        scheme, separator, rest = part.partition("://")
+        if not separator or not scheme:
+            raise ConfigError(f"invalid broker URL {redact_url(part)!r}: expected "
+                              "scheme://[user:password@]host[:port]/[vhost], e.g. "
+                              "amqp://user:password@localhost/")
+        try:
+            netloc = urlsplit(part).netloc
+            _ = urlsplit(part).port  # raises on a port that is not a number
+        except ValueError:
+            netloc = None
+        if netloc is None or ("@" in rest and "@" not in netloc):
+            raise ConfigError(
+                f"invalid broker URL {redact_url(part)!r}: its user name or password holds a "
+                "character that must be percent-encoded there ('#' as %23, '/' as %2F, "
+                "'?' as %3F, '@' as %40, '%' as %25), or its port is not a number")
+    return url
+
+
+def _redact_one(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    host = netloc[-1]
-    return urlunsplit(parts._replace(netloc=f"{user}:******@{host}"))
+    user, colon, _ = rest[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:******@{rest[at + 1:]}"
 
 
 class _Tick:
@@ -138,7 +192,7 @@ class IOThread:
         on_fatal: Callable[[BaseException], None] | None = None,
         on_unblocked: Callable[[], None] | None = None,
     ):
-        self._url = url
+        self._url = check_url(url)
         self.name = name
         self._setup = setup
         self._heartbeat = heartbeat
@@ -178,6 +232,9 @@ class IOThread:
         self.blocked_count = 0
         #: Whether the broker blocks publishing on this connection right now.
         self.blocked = False
+        #: Inbound messages refused before any consumer saw them (compressed, undecodable).
+        self.refused = 0
+        self._refusal_log = Throttled(logger)
         #: Incremented on every (re)connect: work tied to one channel (an ack of a delivery
         #: tag) checks it and is dropped when the channel it belongs to is gone.
         self.generation = 0
@@ -377,22 +434,42 @@ class IOThread:
     def consume(self, queue: str, on_message: Callable[[Any], None], *, no_ack: bool) -> None:
         """Start consuming ``queue``; call on the IO thread (from ``setup`` or an operation).
 
-        ``on_message(message)`` runs on the IO thread with a kombu message and must be
-        quick; an exception from it is logged and the message left to its owner.
+        ``on_message(message)`` runs on the IO thread with a kombu message whose body is
+        exactly the bytes that came off the wire, and must be quick; an exception from it
+        is logged and the message left to its owner.  A message the thread refuses (see
+        the module docstring) never reaches it.
         """
 
         def guarded(message: Any) -> None:
+            compression = message.headers.get("compression")
+            if compression is not None:
+                self._refuse(message, queue, no_ack,
+                             f"compressed body ({str(compression)[:40]!r}) is not accepted")
+                return
             try:
                 on_message(message)
             except Exception:
                 logger.exception("%s: consumer of %s failed on a message", self.name, queue)
 
+        def undecodable(message: Any, error: BaseException) -> None:
+            self._refuse(message, queue, no_ack, f"undecodable: {error!r:.200}")
+
         consumer = kombu.Consumer(
             self._channel, queues=[kombu.Queue(queue, no_declare=True)], on_message=guarded,
-            no_ack=no_ack, auto_declare=False,
+            no_ack=no_ack, auto_declare=False, on_decode_error=undecodable,
         )
         consumer.consume()
         self._consumers[queue] = consumer
+
+    def _refuse(self, message: Any, queue: str, no_ack: bool, reason: str) -> None:
+        self.refused += 1
+        sender = getattr(message, "properties", {}).get("app_id")
+        self._refusal_log.warning(
+            "%s: refused a message on %s from %r: %s (%d refused so far)", self.name, queue,
+            sender or "?", reason, self.refused)
+        if not no_ack and getattr(message, "delivery_tag", None) is not None:
+            with contextlib.suppress(*self._channel_errors):
+                message.reject(requeue=False)
 
     def cancel(self, queue: str) -> None:
         """Stop consuming ``queue``; call on the IO thread."""
@@ -449,6 +526,7 @@ class IOThread:
             connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
             raw = connection.connection
             channel = connection.channel()
+            channel.Message = _uninflated(channel.Message)
             if self._prefetch_count:
                 channel.basic_qos(0, self._prefetch_count, False)
             self._connection, self._channel = connection, channel
@@ -704,6 +782,35 @@ class IOThread:
         _close_quietly(self._connection, close_within)
         self._connection, self._channel = None, None
         self._close_pipe()
+
+
+class _KeepBody(kombu.message.Message):
+    """Hides the ``compression`` header from kombu's constructor, which would inflate the
+    body (without any bound) before mqsync sees the message; the header stays readable."""
+
+    def __init__(self, *args: Any, headers: dict | None = None, **kwargs: Any):
+        headers = headers or {}
+        if "compression" not in headers:
+            super().__init__(*args, headers=headers, **kwargs)
+            return
+        super().__init__(*args, headers={k: v for k, v in headers.items()
+                                         if k != "compression"}, **kwargs)
+        self.headers = headers
+
+
+_UNINFLATED: dict[type, type] = {}
+
+
+def _uninflated(message_class: type) -> type:
+    """The transport's message class with :class:`_KeepBody` under it (cached per class)."""
+    if issubclass(message_class, _KeepBody):
+        return message_class
+    if message_class not in _UNINFLATED:
+        # MRO: the transport's class, then _KeepBody, then kombu's Message: the transport
+        # unpacks its raw message and its super().__init__ reaches _KeepBody first.
+        _UNINFLATED[message_class] = type(f"Uninflated{message_class.__name__}",
+                                          (message_class, _KeepBody), {})
+    return _UNINFLATED[message_class]
 
 
 def _settle_failed(future: Future | None, error: BaseException, name: str) -> None:
