@@ -24,6 +24,8 @@ setup(
         "attrs>=22.2",
         "protobuf>=4.21",
         "psutil>=5.9",
+        # the manager's get_metrics selectors: regular expressions matched in linear time
+        "google-re2>=1.1",
         'tomli>=2; python_version<"3.11"',
     ],
     extras_require={

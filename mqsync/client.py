@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import signal
 import socket
 import sys
@@ -19,10 +20,18 @@ from concurrent.futures import Future
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from ._log import Throttled
 from ._version import __version__
 from ._worker import Worker
-from .connection import IOThread, redact_url, time_left
-from .errors import ClientStopped, ConnectFailed, InvalidMessage, MqsyncError, RPCTimeout
+from .connection import IOThread, check_url, redact_url, time_left
+from .errors import (
+    ClientStopped,
+    ConnectFailed,
+    InvalidMessage,
+    InvalidRequest,
+    MqsyncError,
+    RPCTimeout,
+)
 from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_handler
 from .timeseries import Timestamp
 
@@ -96,6 +105,9 @@ class Client(RPCDispatcher):
     and :meth:`stop`, or :meth:`run` to serve until SIGINT/SIGTERM.
     """
 
+    #: Threads that run RPC handlers: one keeps them in arrival order.
+    rpc_workers = 1
+
     def __init__(
         self,
         token: str,
@@ -113,6 +125,8 @@ class Client(RPCDispatcher):
                              "white space, e.g. 'source-sysinfo-node01'")
         if url is not None and not isinstance(url, str):
             raise TypeError(f"url must be a str or None, got {type(url).__name__}")
+        if url is not None:
+            check_url(url)
         self.token = f"{token}.{_uuid_hex()}" if add_uuid else token
         self._url = url
         self._network_url: str | None = None
@@ -127,7 +141,7 @@ class Client(RPCDispatcher):
         self.config: dict[str, Any] = {}
         self._pending = PendingCalls(self.token)
         self._management: IOThread | None = None
-        self._rpc_worker = Worker(f"mqsync-{self.token}-rpc")
+        self._rpc_worker = Worker(f"mqsync-{self.token}-rpc", threads=self.rpc_workers)
         self._lifecycle = threading.Lock()
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
         self._stop_requested = False
@@ -137,6 +151,7 @@ class Client(RPCDispatcher):
         self._failure: BaseException | None = None
         self._counters: collections.Counter[str] = collections.Counter()
         self._counter_lock = threading.Lock()
+        self._remote_log = Throttled(logger)
 
     def __repr__(self) -> str:
         where = redact_url(self._url) if self._url else "embedded"
@@ -180,7 +195,8 @@ class Client(RPCDispatcher):
 
         Always present: ``lost_points`` (points this client accepted and will never deliver
         or hand on), ``reconnects`` (all connections) with ``<connection>_reconnects`` per
-        connection, ``rpc_handler_errors`` and ``unmatched_replies``.
+        connection, ``refused_messages`` (inbound messages refused before decoding, e.g.
+        compressed ones), ``rpc_handler_errors`` and ``unmatched_replies``.
         """
         with self._counter_lock:
             counters = dict(self._counters)
@@ -195,6 +211,8 @@ class Client(RPCDispatcher):
             if io is not None and io.blocked_count:
                 counters[f"{name}_blocked"] = io.blocked_count
         counters["reconnects"] = total
+        counters["refused_messages"] = sum(io.refused for io in self._io_threads().values()
+                                           if io is not None)
         return counters
 
     def _io_threads(self) -> dict[str, IOThread | None]:
@@ -386,30 +404,44 @@ class Client(RPCDispatcher):
         try:
             payload = decode_json(message.body)
         except InvalidMessage as error:
-            self._count("malformed_rpc_messages")
-            logger.warning("%s: dropped a message from %r on %s: %s", self.token,
-                           from_token or "?", self.rpc_queue, error)
+            self._refuse_remote("malformed_rpc_messages", "dropped a message from %r on %s: %s",
+                                from_token or "?", self.rpc_queue, error)
             return
         correlation_id = properties.get("correlation_id")
         if "function" in payload:
             reply_to = properties.get("reply_to")
             if not reply_to:
-                self._count("malformed_rpc_messages")
-                logger.warning("%s: RPC %r from %r has no reply_to; ignored", self.token,
-                               payload.get("function"), from_token)
+                self._refuse_remote("malformed_rpc_messages", "RPC %.60r from %r has no "
+                                    "reply_to; ignored", payload.get("function"), from_token)
                 return
             self._rpc_worker.submit(self._serve_request, payload, from_token, correlation_id,
                                     reply_to)
         else:
             self._pending.resolve(correlation_id, from_token, payload)
 
+    def _refuse_remote(self, counter: str, message: str, *args: Any) -> None:
+        """Count bad input from the network and log it: one WARNING line, no traceback,
+        rate-limited (a peer can send it at any rate)."""
+        self._count(counter)
+        self._remote_log.warning("%s: " + message + " (%s: %d)", self.token, *args, counter,
+                                 self._counters[counter])
+
     def _serve_request(self, payload: dict[str, Any], from_token: str,
                        correlation_id: str | None, reply_to: str) -> None:
-        """RPC worker: run the handlers and publish the reply."""
+        """RPC worker: run the handlers and publish the reply.
+
+        Bad input from the caller (an :class:`~mqsync.errors.MqsyncError` such as
+        :class:`~mqsync.errors.InvalidRequest`, or arguments the handler does not take) is
+        answered and logged as one WARNING line; any other exception is a bug of the handler
+        and keeps its traceback (ERROR).
+        """
         function = payload.pop("function")
         try:
             if not isinstance(function, str):
-                raise InvalidMessage(f"'function' must be a string, got {function!r}")
+                raise InvalidRequest(f"'function' must be a string, got {function!r:.40}")
+            if "from_token" in payload:
+                raise InvalidRequest(f"{function}: a request must not carry 'from_token' (the "
+                                     "receiver sets it from the sender's app_id)")
             result = self.rpc_dispatch(function, from_token=from_token, **payload)
             reply = {} if result is None else result
             if not isinstance(reply, Mapping):
@@ -421,10 +453,12 @@ class Client(RPCDispatcher):
             body = encode_json(dict(reply))
         except Exception as error:
             self._count("rpc_errors_answered")
-            expected = isinstance(error, (MqsyncError, TypeError))
-            level = logging.WARNING if expected else logging.ERROR
-            logger.log(level, "%s: RPC %r from %r failed: %s", self.token, function, from_token,
-                       error, exc_info=level == logging.ERROR)
+            if isinstance(error, MqsyncError):
+                self._refuse_remote("rpc_requests_refused", "RPC %.60r from %r refused: %s",
+                                    function, from_token, error)
+            else:
+                logger.error("%s: RPC %.60r from %r failed: %s", self.token, function,
+                             from_token, error, exc_info=True)
             body = encode_json({"error": str(error) or type(error).__name__})
         if self._management is not None:
             self._management.publish(body, "", reply_to, correlation_id=correlation_id,
@@ -489,7 +523,7 @@ class Client(RPCDispatcher):
         self._pending.expect_many(correlation_id, collect)
         try:
             self._publish_request(BROADCAST_EXCHANGE, function, function, correlation_id,
-                                  arguments).result(timeout)
+                                  arguments, timeout).result(timeout)
             time.sleep(max(0.0, timeout))
         finally:
             self._pending.forget(correlation_id)
@@ -528,7 +562,10 @@ class Client(RPCDispatcher):
         return dict(metrics)
 
     def _publish_request(self, exchange: str, routing_key: str, function: str,
-                         correlation_id: str, arguments: Mapping[str, Any]) -> Future:
+                         correlation_id: str, arguments: Mapping[str, Any],
+                         timeout: float) -> Future:
+        """Publish a request that expires with its caller's ``timeout``: the broker drops
+        it unread (it is never executed) once nobody waits for the reply any more."""
         if "function" in arguments:
             raise TypeError("RPC arguments must not contain 'function'")
         if len(routing_key.encode("utf-8")) > MAX_ROUTING_KEY_BYTES:
@@ -540,9 +577,12 @@ class Client(RPCDispatcher):
             raise TypeError(f"arguments of RPC {function!r} are not JSON-serialisable: "
                             f"{error}") from None
         assert self._management is not None
+        expiry = {"expiration": str(max(1, math.ceil(timeout * 1000)))} \
+            if math.isfinite(timeout) else {}
         return self._management.publish(body, exchange, routing_key,
                                         correlation_id=correlation_id, reply_to=self.rpc_queue,
-                                        app_id=self.token, content_type="application/json")
+                                        app_id=self.token, content_type="application/json",
+                                        **expiry)
 
     def _call(self, exchange: str, routing_key: str, function: str, timeout: float | None,
               arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -552,7 +592,7 @@ class Client(RPCDispatcher):
         reply = self._pending.expect_one(correlation_id, function)
         try:
             sent = self._publish_request(exchange, routing_key, function, correlation_id,
-                                         arguments)
+                                         arguments, timeout)
         except BaseException:
             self._pending.forget(correlation_id)
             raise

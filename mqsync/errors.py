@@ -50,3 +50,11 @@ class PluginError(MqsyncError):
 
 class InvalidMessage(MqsyncError, ValueError):
     """A message from the network could not be decoded."""
+
+
+class InvalidRequest(RPCError, ValueError):
+    """An RPC request's arguments do not match what the function accepts.
+
+    Raised by RPC handlers on input from the network: the caller gets the message as its
+    error reply, and the responder logs one WARNING line without a traceback.
+    """

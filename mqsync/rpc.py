@@ -8,6 +8,7 @@ key; a failure is ``{"error": "<text>"}``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import json
@@ -17,7 +18,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .errors import InvalidMessage, RPCError
+from .errors import InvalidMessage, InvalidRequest, RPCError
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +88,38 @@ class RPCDispatcher:
 
         Raises:
             UnknownFunction: no handler is registered for ``function``.
+            InvalidRequest: a handler does not take these arguments.
         """
         names = self._rpc_handlers.get(function)
         if not names:
-            raise UnknownFunction(f"unknown RPC function {function!r}", function=function)
+            raise UnknownFunction(f"unknown RPC function {function[:60]!r}", function=function)
+        handlers = [getattr(self, name) for name in names]
+        for handler in handlers:  # all or none: no handler runs on arguments one refuses
+            try:
+                _signature(handler).bind(**arguments)
+            except TypeError as error:
+                raise InvalidRequest(f"{function}: {error}", function=function) from None
         result = None
-        for name in names:
-            value = getattr(self, name)(**arguments)
+        for handler in handlers:
+            value = handler(**arguments)
             if value is not None:
                 if result is not None:
                     raise RPCError(f"more than one handler of {function!r} returned a value",
                                    function=function)
                 result = value
         return result
+
+
+def _signature(method: Any) -> inspect.Signature:
+    """The signature of a handler as called (a bound method: without ``self``)."""
+    function = getattr(method, "__func__", None)
+    return inspect.signature(method) if function is None else _method_signature(function)
+
+
+@functools.lru_cache(maxsize=1024)
+def _method_signature(function: Callable[..., Any]) -> inspect.Signature:
+    signature = inspect.signature(function)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 def encode_json(payload: dict[str, Any]) -> bytes:
@@ -113,6 +133,8 @@ def decode_json(body: bytes | str) -> dict[str, Any]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidMessage(f"RPC body is not JSON: {error}") from None
+    except RecursionError:
+        raise InvalidMessage("RPC body nests too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidMessage(f"RPC body must be a JSON object, got {type(payload).__name__}")
     return payload

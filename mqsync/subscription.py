@@ -80,7 +80,8 @@ class Subscriber(Client):
             return
         # Nobody collected: free the broker's buffer now rather than at expiry.
         try:
-            with Client(f"{self.token}-release", self._url, add_uuid=True,
+            # the subscriber's token with a uuid: the manager lets it release the queue
+            with Client(self.token, self._url, add_uuid=True,
                         connect_timeout=10, rpc_timeout=10) as releaser:
                 releaser.rpc("sink.release", dataQueue=self.queue)
         except MqsyncError as error:

@@ -50,7 +50,7 @@ def test_rpc_errors_and_timeouts_surface_in_the_callers_thread(manager, unique):
     with mqsync.Client(f"client-{unique}", manager.url) as client:
         with pytest.raises(mqsync.RPCError, match="unknown RPC function 'no.such.function'"):
             client.rpc("no.such.function")
-        with pytest.raises(mqsync.RPCError, match="invalid selector regex"):
+        with pytest.raises(mqsync.RPCError, match="invalid .selector"):
             client.get_metrics(selector="(")
         with pytest.raises(mqsync.RPCTimeout):
             client.rpc_direct(f"nobody-{unique}", "discover", timeout=0.3)

@@ -56,7 +56,8 @@ def test_expires_is_required_and_checked():
 
 def test_a_released_queue_gives_a_clear_error(unique):
     metric = f"test.{unique}.gone"
-    with mqsync.Client(f"holder-{unique}") as holder, \
+    # the subscriber's token with a uuid: a client the manager lets use its queue
+    with mqsync.Client(f"drain-{unique}", add_uuid=True) as holder, \
             Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
         holder.rpc("sink.release", dataQueue=subscriber.queue)
         with pytest.raises(mqsync.RPCError, match="does not exist"):
@@ -65,7 +66,7 @@ def test_a_released_queue_gives_a_clear_error(unique):
 
 def test_leaving_without_collecting_releases_the_queue(unique):
     metric = f"test.{unique}.abandoned"
-    with mqsync.Client(f"holder-{unique}") as holder:
+    with mqsync.Client(f"drain-{unique}", add_uuid=True) as holder:
         with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
             queue = subscriber.queue
         with pytest.raises(mqsync.RPCError, match="does not exist"):

@@ -14,18 +14,26 @@ queue and its bindings survive a broker restart and a sink that lost its connect
 again.  How each queue was declared is kept in the metadata store, so a re-subscription
 with ``dataQueue`` declares it identically (RabbitMQ refuses any difference with 406).
 
-Handlers run one at a time on the manager's RPC worker; queue work is handed to the
-data IO thread and waited for, so a slow broker never stalls the management inbox.
+Every request is checked before it touches any state (:mod:`._requests`): arguments of the
+wrong type or shape are refused with an error reply that names them, and a refused request
+changes nothing.  A sink may use, unsubscribe and release only data queues it owns (it
+subscribed them, or it is the Drain of the Subscriber that did; see :func:`._requests.owns`),
+never the manager's own.  ``get_metrics`` selectors are matched with RE2, in time linear in
+the names' length whatever the expression.  Handlers run on a small pool of RPC workers, so
+one slow request does not hold up the others; queue work is handed to the data IO thread
+and waited for.  The management queue is consumed only once the data connection is up, so
+a request that waited in it while the manager was down finds the manager ready.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+import re2
 
 from ..client import (
     BROADCAST_EXCHANGE,
@@ -33,11 +41,11 @@ from ..client import (
     HISTORY_EXCHANGE,
     MANAGEMENT_EXCHANGE,
     Client,
-    check_metric_name,
 )
 from ..connection import IOThread
-from ..errors import RPCError
+from ..errors import InvalidRequest, RPCError
 from ..rpc import rpc_handler
+from . import _requests as check
 from .store import ConfigStore, MetadataStore
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,10 @@ logger = logging.getLogger(__name__)
 MANAGEMENT_QUEUE = "management"
 #: Milliseconds an unused data queue lives when the subscriber gives no ``expires``.
 DEFAULT_QUEUE_EXPIRES_MS = 600_000
+#: RPC handlers that may run at once.
+RPC_WORKERS = 4
+#: Bytes RE2 may use to compile one ``get_metrics`` selector.
+SELECTOR_MAX_MEM = 8 << 20
 
 
 class Manager(Client):
@@ -59,6 +71,8 @@ class Manager(Client):
             without credentials.
         token: the manager's own token.
     """
+
+    rpc_workers = RPC_WORKERS
 
     def __init__(self, url: str, *, config: str | Path | ConfigStore | None = None,
                  metadata_file: str | Path | None = None, data_url: str | None = None,
@@ -83,14 +97,22 @@ class Manager(Client):
 
     def _setup_management(self, channel: Any) -> None:
         super()._setup_management(channel)
+        if self._data is not None:  # after a reconnect; at start, _on_start consumes
+            self._consume_management()
+
+    def _consume_management(self) -> None:
         assert self._management is not None
         self._management.consume(MANAGEMENT_QUEUE, self._on_management_message, no_ack=True)
 
     def _on_start(self) -> None:
-        self._data = IOThread(self._data_url, f"mqsync-{self.token}-data",
-                              heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
-                              on_fatal=self._on_fatal)
-        self._data.start(self.connect_timeout)
+        data = IOThread(self._data_url, f"mqsync-{self.token}-data",
+                        heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
+                        on_fatal=self._on_fatal)
+        data.start(self.connect_timeout)
+        self._data = data
+        # Only now: requests that waited in the management queue need the data connection.
+        assert self._management is not None
+        self._management.call(lambda channel: self._consume_management(), self.connect_timeout)
 
     def _io_threads(self) -> dict[str, IOThread | None]:
         return {**super()._io_threads(), "data": self._data}
@@ -137,15 +159,7 @@ class Manager(Client):
     def _source_declare_metrics(self, from_token: str,
                                 metrics: Mapping[str, Any] | list[str] | None = None,
                                 **_: Any) -> None:
-        if isinstance(metrics, list):
-            metrics = {name: {} for name in metrics}
-        if not isinstance(metrics, Mapping):
-            raise RPCError("source.declare_metrics needs 'metrics': an object of "
-                           "{name: metadata} or a list of names")
-        for name, metadata in metrics.items():
-            check_metric_name(name)
-            if not isinstance(metadata, Mapping):
-                raise RPCError(f"metadata of {name!r} must be an object")
+        metrics = check.metric_metadata("source.declare_metrics", metrics)
         self.metadata.declare(from_token, metrics)
         logger.info("%s declared %d metric(s)", from_token, len(metrics))
 
@@ -157,18 +171,25 @@ class Manager(Client):
                 "config": self.configs.get(from_token)}
 
     @rpc_handler("sink.subscribe")
-    def _sink_subscribe(self, from_token: str, metrics: Iterable[str] = (),
-                        dataQueue: str | None = None, expires: float | None = None,  # noqa: N803
-                        metadata: bool = True, durable: bool = False,
+    def _sink_subscribe(self, from_token: str, metrics: Any = None, dataQueue: Any = None,  # noqa: N803
+                        expires: Any = None, metadata: Any = True, durable: Any = False,
                         **_: Any) -> dict[str, Any]:
-        names = _metric_list(metrics, "sink.subscribe")
-        if not isinstance(durable, bool):
-            raise RPCError(f"sink.subscribe: 'durable' must be true or false, got {durable!r}")
-        queue = dataQueue or f"{from_token}-{uuid.uuid4().hex}-data"
-        declaration = _QueueDeclaration.load(self.metadata.queue_arguments(queue))
+        function = "sink.subscribe"
+        names = check.metric_names(function, [] if metrics is None else metrics)
+        durable = check.boolean(function, "durable", durable)
+        metadata = check.boolean(function, "metadata", metadata)
+        expires_ms = DEFAULT_QUEUE_EXPIRES_MS if expires is None else \
+            max(1, int(check.positive_seconds(function, "expires", expires) * 1000))
+        if dataQueue is None:
+            queue = f"{from_token}-{uuid.uuid4().hex}-data"
+            declaration = None
+        else:
+            queue = check.queue_name(function, "dataQueue", dataQueue)
+            declaration = self._owned_queue(function, from_token, queue)
+        is_new = declaration is None
         if declaration is None:
-            declaration = _QueueDeclaration(durable, {"x-expires": _expires_ms(expires)})
-            self.metadata.set_queue_arguments(queue, declaration.dump())
+            declaration = _QueueDeclaration(durable, {"x-expires": expires_ms},
+                                            owner=from_token)
 
         def declare_and_bind(channel: Any) -> None:
             declaration.declare(channel, queue)
@@ -176,42 +197,65 @@ class Manager(Client):
                 channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
 
         self._on_data(declare_and_bind)
+        if is_new:  # remembered once the broker took it: a refused declare leaves no trace
+            self.metadata.set_queue_arguments(queue, declaration.dump())
         logger.info("%s subscribed to %d metric(s) on %s (%s)", from_token, len(names), queue,
                     "durable" if declaration.durable else "auto-delete")
         return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
                 "metrics": self._metrics_reply(names, metadata)}
 
     @rpc_handler("sink.unsubscribe")
-    def _sink_unsubscribe(self, from_token: str, dataQueue: str = "",  # noqa: N803
-                          metrics: Iterable[str] = (), end: bool = True,
-                          **_: Any) -> dict[str, Any]:
-        if not dataQueue:
-            raise RPCError("sink.unsubscribe needs 'dataQueue'")
-        names = _metric_list(metrics, "sink.unsubscribe")
-        self._require_queue(dataQueue, "sink.unsubscribe")
+    def _sink_unsubscribe(self, from_token: str, dataQueue: Any = None,  # noqa: N803
+                          metrics: Any = None, end: Any = True, **_: Any) -> dict[str, Any]:
+        function = "sink.unsubscribe"
+        queue = check.queue_name(function, "dataQueue", dataQueue)
+        names = check.metric_names(function, [] if metrics is None else metrics)
+        end = check.boolean(function, "end", end)
+        self._owned_queue(function, from_token, queue)
+        self._require_queue(queue, function)
 
         def unbind(channel: Any) -> None:
             for name in names:
-                channel.queue_unbind(queue=dataQueue, exchange=DATA_EXCHANGE, routing_key=name)
+                channel.queue_unbind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
             if end:
                 # persistent: in a durable queue the marker survives a broker restart
                 message = channel.prepare_message(b"", None, None, None, None,
                                                   {"type": "end", "delivery_mode": 2})
-                channel.basic_publish(message, exchange="", routing_key=dataQueue)
+                channel.basic_publish(message, exchange="", routing_key=queue)
 
         self._on_data(unbind)
-        logger.info("%s unsubscribed %d metric(s) from %s", from_token, len(names), dataQueue)
-        return {"dataServerAddress": self.data_server_address, "dataQueue": dataQueue,
+        logger.info("%s unsubscribed %d metric(s) from %s", from_token, len(names), queue)
+        return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
                 "metrics": names}
 
     @rpc_handler("sink.release")
-    def _sink_release(self, from_token: str, dataQueue: str = "", **_: Any) -> None:  # noqa: N803
-        if not dataQueue:
-            raise RPCError("sink.release needs 'dataQueue'")
+    def _sink_release(self, from_token: str, dataQueue: Any = None, **_: Any) -> None:  # noqa: N803
+        queue = check.queue_name("sink.release", "dataQueue", dataQueue)
+        self._owned_queue("sink.release", from_token, queue)
         # Durable and auto-delete queues alike (deleting one that is gone is no error).
-        self._on_data(lambda channel: channel.queue_delete(queue=dataQueue))
-        self.metadata.set_queue_arguments(dataQueue, None)
-        logger.info("%s released %s", from_token, dataQueue)
+        self._on_data(lambda channel: channel.queue_delete(queue=queue))
+        self.metadata.set_queue_arguments(queue, None)
+        logger.info("%s released %s", from_token, queue)
+
+    def _owned_queue(self, function: str, from_token: str,
+                     queue: str) -> _QueueDeclaration | None:
+        """The declaration of ``queue`` (None if the manager has no record of it), after
+        checking that ``from_token`` may use it.
+
+        Raises:
+            InvalidRequest: ``queue`` belongs to another client, or is not a sink's data
+                queue (the manager's own queues, a database's, a client's RPC inbox).
+        """
+        declaration = _QueueDeclaration.load(self.metadata.queue_arguments(queue))
+        if declaration is not None and declaration.owner is not None:
+            allowed = check.owns(from_token, declaration.owner)
+        else:
+            allowed = check.named_for(from_token, queue)
+        if not allowed or queue in (MANAGEMENT_QUEUE, self.rpc_queue):
+            raise InvalidRequest(f"{function}: {from_token!r} may not use data queue "
+                                 f"{queue[:80]!r}: it is not one of its subscriptions",
+                                 function=function)
+        return declaration
 
     # -- history -------------------------------------------------------------------
 
@@ -253,9 +297,10 @@ class Manager(Client):
                 "historyQueue": history_queue, "config": self.configs.get(from_token)}
 
     @rpc_handler("db.subscribe")
-    def _db_subscribe(self, from_token: str, metrics: Any = None, metadata: bool = True,
+    def _db_subscribe(self, from_token: str, metrics: Any = None, metadata: Any = True,
                       **_: Any) -> dict[str, Any]:
         data_names, history_names = _db_bindings(metrics)
+        metadata = check.boolean("db.subscribe", "metadata", metadata)
         data_queue, history_queue = self._declare_db_queues(from_token)
         previous = self.metadata.db_bindings(from_token) or {"data": [], "history": []}
         stale_data = sorted(set(previous["data"]) - set(data_names))
@@ -285,34 +330,31 @@ class Manager(Client):
     # -- metrics -------------------------------------------------------------------
 
     @rpc_handler("get_metrics")
-    def _get_metrics(self, format: str = "array", selector: str | list[str] | None = None,  # noqa: A002
-                     prefix: str | None = None, infix: str | None = None,
-                     historic: bool | None = None, hidden: bool | None = None,
-                     limit: int | None = None, **_: Any) -> dict[str, Any]:
+    def _get_metrics(self, format: Any = "array", selector: Any = None,  # noqa: A002
+                     prefix: Any = None, infix: Any = None, historic: Any = None,
+                     hidden: Any = None, limit: Any = None, **_: Any) -> dict[str, Any]:
+        function = "get_metrics"
         if format not in ("array", "object"):
-            raise RPCError(f"get_metrics: format must be 'array' or 'object', got {format!r}")
-        items = self.metadata.items()
-        if isinstance(selector, str):
-            try:
-                pattern = re.compile(selector)
-            except re.error as error:
-                raise RPCError(f"get_metrics: invalid selector regex {selector!r}: {error}") \
-                    from None
-            items = [(n, m) for n, m in items if pattern.search(n)]
-        elif selector is not None:
-            wanted = set(_metric_list(selector, "get_metrics"))
-            items = [(n, m) for n, m in items if n in wanted]
-        if prefix is not None:
-            items = [(n, m) for n, m in items if n.startswith(prefix)]
-        if infix is not None:
-            items = [(n, m) for n, m in items if infix in n]
-        if historic is not None:
-            items = [(n, m) for n, m in items if bool(m.get("historic", False)) == historic]
-        if hidden is not None:
-            items = [(n, m) for n, m in items if bool(m.get("hidden", False)) == hidden]
+            raise InvalidRequest(f"get_metrics: 'format' must be \"array\" or \"object\", got "
+                                 f"{str(format)[:40]!r}", function=function)
+        selector = check.selector(function, selector)
+        prefix = check.optional_string(function, "prefix", prefix)
+        infix = check.optional_string(function, "infix", infix)
+        historic = check.optional_boolean(function, "historic", historic)
+        hidden = check.optional_boolean(function, "hidden", hidden)
+        limit = None if limit is None else check.non_negative_int(function, "limit", limit)
+        pattern = _compile_selector(selector) if isinstance(selector, str) else None
+        wanted = set(selector) if isinstance(selector, list) else None
+        items = [
+            (name, metadata) for name, metadata in self.metadata.items()
+            if (pattern is None or pattern.search(name))
+            and (wanted is None or name in wanted)
+            and (prefix is None or name.startswith(prefix))
+            and (infix is None or infix in name)
+            and (historic is None or bool(metadata.get("historic", False)) == historic)
+            and (hidden is None or bool(metadata.get("hidden", False)) == hidden)
+        ]
         if limit is not None:
-            if not isinstance(limit, int) or limit < 0:
-                raise RPCError(f"get_metrics: limit must be a non-negative integer, got {limit!r}")
             items = items[:limit]
         if format == "array":
             return {"metrics": [name for name, _ in items]}
@@ -327,11 +369,13 @@ class Manager(Client):
 class _QueueDeclaration:
     """How a sink's data queue is declared, remembered per queue in the metadata store."""
 
-    __slots__ = ("durable", "auto_delete", "arguments")
+    __slots__ = ("durable", "auto_delete", "arguments", "owner")
 
     def __init__(self, durable: bool, arguments: Mapping[str, Any],
-                 auto_delete: bool | None = None):
+                 auto_delete: bool | None = None, owner: str | None = None):
         self.durable = durable
+        #: The token that subscribed the queue (None: stored by an earlier mqsync-manager).
+        self.owner = owner
         # the official manager's transient queue is auto-delete; a durable one never is
         self.auto_delete = not durable if auto_delete is None else auto_delete
         self.arguments = dict(arguments)
@@ -341,26 +385,37 @@ class _QueueDeclaration:
         if stored is None:
             return None
         if isinstance(stored.get("arguments"), Mapping):
+            owner = stored.get("owner")
             return cls(bool(stored.get("durable")), stored["arguments"],
-                       bool(stored.get("auto_delete")))
+                       bool(stored.get("auto_delete")),
+                       owner if isinstance(owner, str) else None)
         # stored by an earlier mqsync-manager: only the arguments, of a queue it declared
         # neither durable nor auto-delete
         return cls(False, stored, auto_delete=False)
 
     def dump(self) -> dict[str, Any]:
         return {"durable": self.durable, "auto_delete": self.auto_delete,
-                "arguments": dict(self.arguments)}
+                "arguments": dict(self.arguments), "owner": self.owner}
 
     def declare(self, channel: Any, queue: str) -> None:
         channel.queue_declare(queue=queue, durable=self.durable, exclusive=False,
                               auto_delete=self.auto_delete, arguments=dict(self.arguments))
 
 
-def _metric_list(metrics: Any, function: str) -> list[str]:
-    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
-        raise RPCError(f"{function} needs 'metrics': a list of metric names, got "
-                       f"{type(metrics).__name__}")
-    return [check_metric_name(name) for name in metrics]
+def _compile_selector(selector: str) -> Any:
+    """Compile a ``get_metrics`` selector with RE2: linear-time matching, bounded memory."""
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = SELECTOR_MAX_MEM
+    try:
+        return re2.compile(selector, options)
+    except re2.error as error:
+        reason = error.args[0] if error.args else error
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise InvalidRequest(f"get_metrics: invalid 'selector' {selector[:60]!r}: {reason} "
+                             "(RE2 syntax: no back-references or look-around)",
+                             function="get_metrics") from None
 
 
 def _db_bindings(metrics: Any) -> tuple[list[str], list[str]]:
@@ -369,9 +424,10 @@ def _db_bindings(metrics: Any) -> tuple[list[str], list[str]]:
     An entry is a metric name, or ``{"name": ..., "input": ...}``: the database keeps
     ``name`` (history requests) and reads it from ``input`` (data; default ``name``).
     """
-    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
-        raise RPCError("db.subscribe needs 'metrics': a list of metric names or "
-                       f"{{\"name\", \"input\"}} objects, got {type(metrics).__name__}")
+    if not isinstance(metrics, list):
+        raise InvalidRequest("db.subscribe: 'metrics' must be an array of metric names or "
+                             f"{{\"name\", \"input\"}} objects, got {check._kind(metrics)}",
+                             function="db.subscribe")
     data: list[str] = []
     history: list[str] = []
     for entry in metrics:
@@ -381,16 +437,9 @@ def _db_bindings(metrics: Any) -> tuple[list[str], list[str]]:
             name = entry["name"]
             input_name = entry.get("input", name)
         else:
-            raise RPCError(f"db.subscribe: invalid metric entry {entry!r}: expected a name "
-                           "or {\"name\": ..., \"input\": ...}")
-        data.append(check_metric_name(input_name))
-        history.append(check_metric_name(name))
+            raise InvalidRequest("db.subscribe: an entry of 'metrics' is neither a name nor "
+                                 f"{{\"name\": ..., \"input\": ...}}: {str(entry)[:80]}",
+                                 function="db.subscribe")
+        data.append(check.metric_name("db.subscribe", input_name))
+        history.append(check.metric_name("db.subscribe", name))
     return list(dict.fromkeys(data)), list(dict.fromkeys(history))
-
-
-def _expires_ms(expires: Any) -> int:
-    if expires is None:
-        return DEFAULT_QUEUE_EXPIRES_MS
-    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not expires > 0:
-        raise RPCError(f"'expires' must be a positive number of seconds, got {expires!r}")
-    return max(1, int(expires * 1000))

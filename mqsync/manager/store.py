@@ -66,7 +66,9 @@ class MetadataStore:
     """Metric metadata, kept in memory and, with a ``path``, in a JSON file.
 
     The file is rewritten atomically after every change (see :mod:`mqsync.state`), so a
-    manager restarted after a crash serves the metadata it had.
+    manager restarted after a crash serves the metadata it had.  A change is all or
+    nothing: when the file cannot be written, memory is put back as it was and the error
+    raised.
     """
 
     def __init__(self, path: str | Path | None = None):
@@ -81,6 +83,7 @@ class MetadataStore:
             self._queues = dict(saved.get("queues", {}))
             self._databases = dict(saved.get("databases", {}))
             logger.info("loaded metadata of %d metric(s) from %s", len(self._metrics), self.path)
+        self._saved = (dict(self._metrics), dict(self._queues), dict(self._databases))
 
     def declare(self, source: str, metrics: Mapping[str, Mapping[str, Any]]) -> None:
         """Store metadata declared by ``source`` (reserved keys dropped, ``date`` set)."""
@@ -101,7 +104,7 @@ class MetadataStore:
         """Record that a database keeps ``names``."""
         with self._lock:
             for name in names:
-                self._metrics.setdefault(name, {})["historic"] = historic
+                self._metrics[name] = {**self._metrics.get(name, {}), "historic": historic}
             self._save()
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -143,6 +146,16 @@ class MetadataStore:
             self._save()
 
     def _save(self) -> None:
-        if self.path is not None:
+        """Write the file; on failure restore the last saved state (entries are replaced,
+        never changed in place, so shallow copies of the maps are snapshots)."""
+        if self.path is None:
+            return
+        try:
             save_state({"metrics": self._metrics, "queues": self._queues,
                         "databases": self._databases}, self.path)
+        except BaseException:
+            metrics, queues, databases = self._saved
+            self._metrics, self._queues, self._databases = \
+                dict(metrics), dict(queues), dict(databases)
+            raise
+        self._saved = (dict(self._metrics), dict(self._queues), dict(self._databases))
