@@ -14,9 +14,11 @@ import subprocess
 import sys
 import threading
 
+import kombu
 import pytest
 
 import mqsync
+from mqsync._proto.messages import DataChunk
 from mqsync.db import Db
 from mqsync.history import HistoryClient, HistoryRequestType, HistoryResponseType
 from tests._history_reference import as_tuple, reference_aggregate, reference_timeline
@@ -182,12 +184,16 @@ def test_db_rpc_reply_shapes(manager, unique):
         assert reply["metrics"][metric]["unit"] == "K"
         assert reply["metrics"][metric]["historic"] is True
         assert client.rpc("db.subscribe", metrics=[metric], metadata=False)["metrics"] == [metric]
-        with pytest.raises(mqsync.RPCError, match="needs 'metrics'"):
+        with pytest.raises(mqsync.RPCError, match="'metrics' must be an array"):
             client.rpc("db.subscribe", metrics="x")
-        with pytest.raises(mqsync.RPCError, match="invalid metric entry"):
+        with pytest.raises(mqsync.RPCError, match="neither a name nor"):
             client.rpc("db.subscribe", metrics=[{"input": "x"}])
         client.rpc("sink.release", dataQueue=f"{token}-data")
-        client.rpc("sink.release", dataQueue=f"{token}-hreq")
+        # the history request queue is no sink's data queue: sink.release refuses it
+        with pytest.raises(mqsync.RPCError, match="may not use"):
+            client.rpc("sink.release", dataQueue=f"{token}-hreq")
+    with kombu.Connection(manager.url) as connection:
+        connection.default_channel.queue_delete(f"{token}-hreq")
 
 
 def test_the_command_line_database_takes_its_metrics_from_the_manager(manager, tmp_path,
@@ -258,3 +264,38 @@ def _answers(history, metric):
         return history.history_last_value(metric, timeout=2) is not None
     except mqsync.MqsyncError:
         return False
+
+
+def test_values_and_times_at_the_edges_never_stop_the_database(manager, tmp_path, unique):
+    """NaN and infinities are stored and aggregated; times the store cannot hold (a chunk
+    from a peer that is not an mqsync Source) are dropped and counted, and the Db goes on."""
+    import kombu
+
+    metric = f"db.{unique}.edges"
+    with Db(f"db-{unique}", manager.url, database=tmp_path / "db.sqlite",
+            metrics=[metric]) as db:
+        # times T0, T0 + 2**62 and beyond int64; the last two are out of range
+        hostile = DataChunk(time_delta=[T0, 2**62, 2**63 - 1],
+                            value=[math.nan, math.inf, -math.inf])
+        with kombu.Connection(manager.url) as connection:
+            channel = connection.channel()
+            channel.basic_publish(channel.prepare_message(hostile.SerializeToString(), None,
+                                                          None, None, None, {}),
+                                  exchange="metricq.data", routing_key=metric)
+        send(manager.url, f"source-{unique}",
+             {metric: [(T0 + S, math.inf), (T0 + 2 * S, -math.inf), (T0 + 3 * S, 1.0)]})
+        assert wait_until(lambda: db.store.count(metric) == 4, timeout=30)
+        assert db.stats().get("out_of_range_points_dropped") == 2 and db.failure is None
+        with HistoryClient(f"history-{unique}", manager.url) as history:
+            raw = history.history_raw_timeline(metric)
+            assert [v.timestamp.posix_ns for v in raw] == [T0 + i * S for i in range(4)]
+            assert math.isnan(raw[0].value) and [v.value for v in raw[1:]] == [
+                math.inf, -math.inf, 1.0]
+            whole = history.history_aggregate(metric)
+            assert (whole.count, whole.minimum, whole.maximum, whole.active_time.ns) == (
+                4, -math.inf, math.inf, 3 * S)
+            assert math.isnan(whole.sum) and math.isnan(whole.integral_ns)
+            timeline = history.history_aggregate_timeline(metric, interval_max="1s")
+            assert [(a.timestamp.posix_ns, a.sum, a.integral_ns) for a in timeline[1:]] == [
+                (T0, math.inf, math.inf), (T0 + S, -math.inf, -math.inf), (T0 + 2 * S, 1.0, 1e9)]
+        assert "history_request_errors" not in db.stats()

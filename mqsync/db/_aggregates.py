@@ -1,6 +1,12 @@
 """The arithmetic of aggregates, without SQL: the rows the store answers with, a mergeable
 accumulator, and per-bucket partial aggregates of ordered points (see :mod:`mqsync.db.store`
-for the semantics)."""
+for the semantics).
+
+IEEE 754 throughout: sums and integrals are plain float additions (NaN propagates, +inf plus
+-inf is NaN); :func:`_fmin` and :func:`_fmax` ignore NaN unless both sides are NaN; nothing
+is ever subtracted from a sum (inf - inf would be NaN): the integral of a run of points leaves
+out its first point, whose interval is cut and added last.  Values read from SQLite pass
+:func:`_nan_if_none` (a NULL value is a NaN) and sums :func:`_sum_of`."""
 
 from __future__ import annotations
 
@@ -32,32 +38,97 @@ class AggregateRow(NamedTuple):
                              self.count, self.integral, Timedelta(self.active_time))
 
 
+def _fmin(a: float | None, b: float | None) -> float | None:
+    """The smaller of ``a`` and ``b``; NaN only if both are NaN, None (nothing) if both are."""
+    if a is None or a != a:
+        return a if b is None else b
+    if b is None or b != b or not b < a:
+        return a
+    return b
+
+
+def _fmax(a: float | None, b: float | None) -> float | None:
+    """The larger of ``a`` and ``b``; NaN only if both are NaN, None (nothing) if both are."""
+    if a is None or a != a:
+        return a if b is None else b
+    if b is None or b != b or not b > a:
+        return a
+    return b
+
+
+def _held(value: float, duration: int) -> float:
+    """``value`` x ``duration``; a value held over no time adds nothing, even inf or NaN."""
+    return value * duration if duration else 0.0
+
+
+def _nan_if_none(value: float | None) -> float:
+    """A value column read back: SQLite has no NaN, the store keeps it as NULL."""
+    return math.nan if value is None else value
+
+
+def _sum_of(terms: int, summed: int, total: float | None) -> float:
+    """The IEEE sum of ``terms`` SQL values, from SQLite's ``count()`` and ``sum()`` of them.
+
+    ``summed`` of them are not NULL (a NULL is a NaN); ``total`` is SQLite's sum of those,
+    which is NULL where the IEEE sum is NaN (+inf and -inf) and for no values at all.
+    """
+    if summed < terms or (total is None and summed):
+        return math.nan
+    return 0.0 if total is None else total
+
+
 class _Acc:
-    """A mergeable aggregate of a set of raw points, with that set's first point."""
+    """A mergeable aggregate of consecutive raw points (see :mod:`mqsync.db.store`).
+
+    ``integral`` and ``active`` are those of every point but the first, ``first`` = ``(time,
+    dt, value)``: the first point's interval may begin before the range, and :meth:`row` cuts
+    it there.  So merging only adds, and no infinite or NaN contribution is ever subtracted.
+    ``minimum`` and ``maximum`` are None while no value was seen.
+    """
 
     __slots__ = ("count", "sum", "minimum", "maximum", "integral", "active", "first")
 
     def __init__(self) -> None:
         self.count = 0
         self.sum = 0.0
-        self.minimum = math.inf
-        self.maximum = -math.inf
+        self.minimum: float | None = None
+        self.maximum: float | None = None
         self.integral = 0.0
         self.active = 0
         self.first: tuple[int, int, float] | None = None  # (time, dt, value)
 
-    def merge_row(self, count: int, total: float, minimum: float, maximum: float,
-                  integral: float, active: int, first: tuple[int, int, float] | None) -> None:
-        if count == 0:
+    def merge_row(self, count: int, total: float, minimum: float | None,
+                  maximum: float | None, integral: float, active: int,
+                  first: tuple[int, int, float] | None) -> None:
+        """Append ``count`` later points; ``integral`` and ``active`` leave out their ``first``."""
+        if count == 0 or first is None:
             return
-        self.count += count
-        self.sum += total
-        self.minimum = min(self.minimum, minimum)
-        self.maximum = max(self.maximum, maximum)
-        self.integral += integral
-        self.active += active
         if self.first is None:
             self.first = first
+            self.integral += integral
+            self.active += active
+        else:
+            _, dt, value = first
+            self.integral += integral + _held(value, dt)
+            self.active += active + dt
+        self._add(count, total, minimum, maximum)
+
+    def extend(self, count: int, total: float, minimum: float | None, maximum: float | None,
+               integral: float, active: int) -> None:
+        """Append ``count`` points after this run's first one, each with its whole interval."""
+        if count == 0:
+            return
+        assert self.first is not None, "extend() needs a first point"
+        self.integral += integral
+        self.active += active
+        self._add(count, total, minimum, maximum)
+
+    def _add(self, count: int, total: float, minimum: float | None,
+             maximum: float | None) -> None:
+        self.count += count
+        self.sum += total
+        self.minimum = _fmin(self.minimum, minimum)
+        self.maximum = _fmax(self.maximum, maximum)
 
     def merge(self, other: _Acc) -> None:
         self.merge_row(other.count, other.sum, other.minimum, other.maximum, other.integral,
@@ -67,29 +138,30 @@ class _Acc:
         """A value that holds ``duration`` ns inside this period but whose point is not in it."""
         self.integral += value * duration
         self.active += duration
-        self.minimum = min(self.minimum, value)
-        self.maximum = max(self.maximum, value)
+        self.minimum = _fmin(self.minimum, value)
+        self.maximum = _fmax(self.maximum, value)
 
-    def cut_before(self, boundary: int) -> int:
-        """Remove the part of the first point's interval before ``boundary``; return it in ns."""
-        if self.first is None:
-            return 0
-        time, dt, value = self.first
-        if dt == 0 or time - dt >= boundary:
-            return 0
-        excess = boundary - (time - dt)
-        self.integral -= value * excess
-        self.active -= excess
-        return excess
-
-    def row(self, timestamp: int) -> AggregateRow:
-        return AggregateRow(timestamp, self.minimum, self.maximum, self.sum, self.count,
-                            self.integral, self.active)
+    def row(self, timestamp: int, start: int) -> AggregateRow:
+        """This aggregate, stamped ``timestamp``, with the first point's interval cut at
+        ``start``."""
+        integral, active = self.integral, self.active
+        if self.first is not None:
+            time, dt, value = self.first
+            if dt:
+                held = time - max(time - dt, start)
+                integral += value * held
+                active += held
+        return AggregateRow(timestamp, math.inf if self.minimum is None else self.minimum,
+                            -math.inf if self.maximum is None else self.maximum, self.sum,
+                            self.count, integral, active)
 
 
-def _nan_if_none(value: float | None) -> float:
-    # SQLite turns a NaN result (inf - inf) into NULL.
-    return math.nan if value is None else value
+def _nanmin(values: list[float]) -> float:
+    return min((v for v in values if v == v), default=math.nan)
+
+
+def _nanmax(values: list[float]) -> float:
+    return max((v for v in values if v == v), default=math.nan)
 
 
 def _bucket_points(times: list[int], values: list[float], dts: list[int], width: int
@@ -97,7 +169,7 @@ def _bucket_points(times: list[int], values: list[float], dts: list[int], width:
     """Per-bucket partial aggregates of ordered points for buckets ``(s, s + width]``.
 
     Each is ``(start, count, sum, minimum, maximum, integral, active, first_time, first_dt,
-    first_value)``.
+    first_value)``, the integral and active time leaving out the first point.
     """
     partials = []
     i, n = 0, len(times)
@@ -105,12 +177,13 @@ def _bucket_points(times: list[int], values: list[float], dts: list[int], width:
         start = (times[i] - 1) // width * width
         j = bisect.bisect_right(times, start + width, i)
         vs, ds = values[i:j], dts[i:j]
-        if ds[0] == 0:  # the metric's first point holds over no time
-            integral = sum(map(operator.mul, vs[1:], ds[1:]))
-        else:
-            integral = sum(map(operator.mul, vs, ds))
-        partials.append((start, j - i, sum(vs), min(vs), max(vs), float(integral), sum(ds),
-                         times[i], ds[0], vs[0]))
+        # Python's min() and max() return NaN only if the first value is NaN
+        minimum, maximum = min(vs), max(vs)
+        if minimum != minimum:
+            minimum, maximum = _nanmin(vs), _nanmax(vs)
+        integral = float(sum(map(operator.mul, vs[1:], ds[1:])))
+        partials.append((start, j - i, float(sum(vs)), minimum, maximum, integral,
+                         sum(ds) - ds[0], times[i], ds[0], vs[0]))
         i = j
     return partials
 
@@ -122,9 +195,11 @@ def _merge_buckets(partials: list[tuple], width: int) -> list[tuple]:
         start = partial[0] // width * width
         if merged and merged[-1][0] == start:
             previous = merged[-1]
+            # the later part's first point joins the integral and the active time
             merged[-1] = (start, previous[1] + partial[1], previous[2] + partial[2],
-                          min(previous[3], partial[3]), max(previous[4], partial[4]),
-                          previous[5] + partial[5], previous[6] + partial[6], *previous[7:])
+                          _fmin(previous[3], partial[3]), _fmax(previous[4], partial[4]),
+                          previous[5] + (partial[5] + _held(partial[9], partial[8])),
+                          previous[6] + partial[6] + partial[8], *previous[7:])
         else:
             merged.append((start, *partial[1:]))
     return merged
@@ -136,8 +211,8 @@ def _add_partial(accs: dict[int, list], k: int, value: float, duration: int) -> 
     if acc is None:
         accs[k] = [0, 0.0, value, value, value * duration, duration]
     else:
-        acc[2] = min(acc[2], value)
-        acc[3] = max(acc[3], value)
+        acc[2] = _fmin(acc[2], value)
+        acc[3] = _fmax(acc[3], value)
         acc[4] += value * duration
         acc[5] += duration
 

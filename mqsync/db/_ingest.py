@@ -1,10 +1,12 @@
-"""Writing to the store: points of many chunks in one transaction, with their rollups;
-points out of order and NaN values are dropped and counted."""
+"""Writing to the store: points of many chunks in one transaction, with their rollups.
+
+Points out of order, or out of the time range the store can hold, are dropped and counted.
+Every value is kept, NaN and infinities too (a NaN is stored as NULL, see
+:mod:`mqsync.db._schema`)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import operator
 import sqlite3
 import threading
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 from ._aggregates import _bucket_points, _merge_buckets
-from ._schema import _INT64_MIN, _UPSERT_ROLLUP
+from ._schema import _UPSERT_ROLLUP, TIME_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +26,10 @@ class InsertResult(NamedTuple):
     """Points written."""
     non_monotonic: int
     """Points dropped because they were not later than the metric's last point."""
-    nan: int
-    """Points dropped because their value was NaN."""
+    nan: int = 0
+    """Always 0: NaN values are stored since schema 2 (kept so that code reading it runs)."""
+    out_of_range: int = 0
+    """Points dropped because their time was not within ``TIME_LIMIT`` ns of the epoch."""
 
 
 class _IngestMixin:
@@ -48,7 +52,8 @@ class _IngestMixin:
 
         ``chunks`` are ``(metric, times_ns, values)``; a metric's points must come in time
         order (later chunks after earlier ones); points not later than the metric's last stored
-        point and NaN values are dropped and counted.
+        point, and points with ``abs(time) >= TIME_LIMIT``, are dropped and counted.  Every
+        value is stored, NaN and infinities too.
 
         Raises:
             sqlite3.Error: the write failed; nothing of this call is stored.
@@ -64,7 +69,7 @@ class _IngestMixin:
             else:
                 entry[0].extend(times_ns)
                 entry[1].extend(map(float, values))
-        stored = non_monotonic = nan = 0
+        stored = non_monotonic = out_of_range = 0
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
@@ -72,7 +77,7 @@ class _IngestMixin:
                     result = self._insert_metric(metric, times_ns, values)
                     stored += result.stored
                     non_monotonic += result.non_monotonic
-                    nan += result.nan
+                    out_of_range += result.out_of_range
                 self._writer.execute("COMMIT")
             except BaseException:
                 self._writer.execute("ROLLBACK")
@@ -80,7 +85,7 @@ class _IngestMixin:
                 self._last.clear()
                 self._ids.clear()
                 raise
-        return InsertResult(stored, non_monotonic, nan)
+        return InsertResult(stored, non_monotonic, 0, out_of_range)
 
     def _insert_metric(self, metric: str, times: list[int], values: list[float]) -> InsertResult:
         metric_id = self._write_id(metric)
@@ -88,15 +93,18 @@ class _IngestMixin:
         n = len(times)
         in_order = (n == 0 or last is None or times[0] > last) and all(
             map(operator.lt, times, times[1:]))
-        if not in_order or any(map(math.isnan, values)):
-            times, values, dropped_order, dropped_nan = _filter(times, values, last)
-            if dropped_order:
+        if not in_order or (n and not -TIME_LIMIT < times[0] <= times[-1] < TIME_LIMIT):
+            times, values, dropped, out_of_range = _filter(times, values, last)
+            if dropped:
                 logger.warning("%s: dropped %d point(s) of %r not later than its last point",
-                               self.path.name, dropped_order, metric)
+                               self.path.name, dropped, metric)
+            if out_of_range:
+                logger.warning("%s: dropped %d point(s) of %r with a time not within %d ns of "
+                               "the epoch", self.path.name, out_of_range, metric, TIME_LIMIT)
         else:
-            dropped_order = dropped_nan = 0
+            dropped = out_of_range = 0
         if not times:
-            return InsertResult(0, dropped_order, dropped_nan)
+            return InsertResult(0, dropped, 0, out_of_range)
         # dt of each point: time since the metric's previous point (0 for its very first one)
         dts = list(map(operator.sub, times, [times[0] if last is None else last, *times]))
         self._writer.executemany(
@@ -109,7 +117,7 @@ class _IngestMixin:
             self._writer.executemany(_UPSERT_ROLLUP, [
                 (metric_id, width, *partial) for partial in partials])
         self._last[metric_id] = times[-1]
-        return InsertResult(len(times), dropped_order, dropped_nan)
+        return InsertResult(len(times), dropped, 0, out_of_range)
 
     def _write_id(self, metric: str) -> int:
         metric_id = self._ids.get(metric)
@@ -135,18 +143,19 @@ class _IngestMixin:
 
 def _filter(times: list[int], values: list[float], last: int | None
             ) -> tuple[list[int], list[float], int, int]:
-    """Drop points not later than their predecessor (or ``last``) and NaN values."""
+    """Drop points out of the time range and points not later than their predecessor (or
+    ``last``); return the rest and how many were dropped for each reason."""
     kept_times: list[int] = []
     kept_values: list[float] = []
-    previous = _INT64_MIN - 1 if last is None else last
-    dropped_order = dropped_nan = 0
+    previous = -TIME_LIMIT if last is None else last
+    dropped = out_of_range = 0
     for time, value in zip(times, values):
-        if time <= previous:
-            dropped_order += 1
-        elif value != value:
-            dropped_nan += 1
+        if not -TIME_LIMIT < time < TIME_LIMIT:
+            out_of_range += 1
+        elif time <= previous:
+            dropped += 1
         else:
             kept_times.append(time)
             kept_values.append(value)
             previous = time
-    return kept_times, kept_values, dropped_order, dropped_nan
+    return kept_times, kept_values, dropped, out_of_range

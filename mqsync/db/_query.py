@@ -1,14 +1,24 @@
 """Reading from the store: raw points, counts, and aggregates over a range or as a timeline
-of aligned buckets, taken from the rollups where they fit."""
+of aligned buckets, taken from the rollups where they fit.
+
+A NULL value is a NaN (see :mod:`mqsync.db._schema`); every sum is read with its ``count()``
+(:func:`~mqsync.db._aggregates._sum_of`), so a NaN term, +inf and -inf in one sum, and no
+terms at all stay apart."""
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import threading
 
-from ._aggregates import AggregateRow, _Acc, _add_partial, _nan_if_none, _spread
-from ._schema import _INT64_MAX, _INT64_MIN, _INTEGRAL, StoreError, TooMuchData
+from ._aggregates import (
+    AggregateRow,
+    _Acc,
+    _add_partial,
+    _nan_if_none,
+    _spread,
+    _sum_of,
+)
+from ._schema import _HELD, _INT64_MAX, _INT64_MIN, StoreError, TooMuchData
 
 
 class _QueryMixin:
@@ -57,7 +67,7 @@ class _QueryMixin:
             row = self._reader.execute(
                 "SELECT time, value FROM points WHERE metric = ? ORDER BY time DESC LIMIT 1",
                 (metric_id,)).fetchone()
-            return None if row is None else (row[0], row[1])
+            return None if row is None else (row[0], _nan_if_none(row[1]))
 
     def raw(self, metric: str, start: int | None = None, end: int | None = None
             ) -> tuple[list[int], list[float]]:
@@ -84,6 +94,8 @@ class _QueryMixin:
                 "SELECT time, value FROM points WHERE metric = ? AND time >= ? AND time <= ? "
                 "ORDER BY time", (metric_id, lo, hi)).fetchall()
         times, values = zip(*rows)
+        if None in values:  # a NaN
+            return list(times), [_nan_if_none(value) for value in values]
         return list(times), list(values)
 
     def count_between(self, metric: str, start: int | None, end: int | None) -> int:
@@ -106,23 +118,22 @@ class _QueryMixin:
             metric_id = self._read_id(metric)
             span = None if metric_id is None else self._span(metric_id)
             if span is None:
-                return _Acc().row(timestamp)
+                return _Acc().row(timestamp, lo)
             first_time, last_time = span
             # Nothing is known before the first point or after the last one.
             lo, hi = max(lo, first_time - 1), min(hi, last_time)
             acc = _Acc()
             if lo < hi:
                 acc = self._collect(metric_id, lo, hi, len(self.rollup_widths) - 1)
-                acc.cut_before(lo)
             elif lo >= last_time:
-                return acc.row(timestamp)
+                return acc.row(timestamp, lo)
             following = self._point_after(metric_id, hi)
         if following is not None:
             time, dt, value = following
             overlap = hi - max(lo, time - dt)
             if overlap > 0:
                 acc.add_partial(value, overlap)
-        return acc.row(timestamp)
+        return acc.row(timestamp, lo)
 
     def aggregate_timeline(self, metric: str, start: int | None, end: int | None,
                            interval_max: int) -> tuple[int, list[AggregateRow]]:
@@ -161,35 +172,17 @@ class _QueryMixin:
                     f"{buckets} buckets, more than {self.max_buckets}; request a larger "
                     "interval_max or a shorter range")
             if usable:
-                rows = self._reader.execute(
-                    "SELECT (start - ?) / ?, count, sum, minimum, maximum, integral, active, "
-                    "first_time, first_dt, first_value FROM rollups WHERE metric = ? AND "
-                    "width = ? AND start >= ? AND start < ? ORDER BY start",
-                    (origin, width, metric_id, width, origin, top)).fetchall()
+                rows = self._rollup_buckets(metric_id, origin, width, top)
             else:
-                rows = self._reader.execute(
-                    "SELECT g.k, g.c, g.s, g.mn, g.mx, g.i, g.a, g.ft, p.dt, p.value FROM ("
-                    " SELECT (time - 1 - ?) / ? AS k, count(*) AS c, sum(value) AS s,"
-                    f" min(value) AS mn, max(value) AS mx, {_INTEGRAL} AS i, sum(dt) AS a,"
-                    " min(time) AS ft FROM points WHERE metric = ? AND time > ? AND time <= ?"
-                    " GROUP BY k) AS g JOIN points AS p ON p.metric = ? AND p.time = g.ft"
-                    " ORDER BY g.k",
-                    (origin, width, metric_id, origin, top, metric_id)).fetchall()
+                rows = self._grouped_points(metric_id, origin, width, top)
             following = self._point_after(metric_id, top)
         # per bucket: [count, sum, minimum, maximum, integral, active]
         accs: dict[int, list] = {}
         for k, count, total, minimum, maximum, integral, active, ftime, fdt, fvalue in rows:
-            if total is None:  # SQLite's NULL for a NaN sum
-                total = math.nan
-            if integral is None:
-                integral = math.nan
             # the part of the first point's interval that lies in earlier buckets goes there
             bucket_start = origin + k * width
             first_start = ftime - fdt
             if fdt and first_start < bucket_start:
-                excess = bucket_start - first_start
-                integral -= fvalue * excess
-                active -= excess
                 begin = max(origin, first_start)
                 if begin >= bucket_start - width:  # the common case: only the previous bucket
                     if begin < bucket_start:
@@ -204,6 +197,51 @@ class _QueryMixin:
         return width, [AggregateRow(origin + k * width, acc[2], acc[3], acc[1], acc[0], acc[4],
                                     acc[5])
                        for k, acc in sorted(accs.items()) if acc[0] or acc[5]]
+
+    def _rollup_buckets(self, metric_id: int, origin: int, width: int, top: int
+                        ) -> list[tuple]:
+        """Per rollup bucket of ``width`` in ``(origin, top]``: ``(k, count, sum, minimum,
+        maximum, integral, active, first_time, first_dt, first_value)``, the integral and active
+        time of the part inside the bucket."""
+        buckets = []
+        for k, count, total, minimum, maximum, integral, active, ftime, fdt, fvalue in (
+                self._reader.execute(
+                    "SELECT (start - ?) / ?, count, sum, minimum, maximum, integral, active, "
+                    "first_time, first_dt, first_value FROM rollups WHERE metric = ? AND "
+                    "width = ? AND start >= ? AND start < ? ORDER BY start",
+                    (origin, width, metric_id, width, origin, top))):
+            fvalue, integral = _nan_if_none(fvalue), _nan_if_none(integral)
+            if fdt:
+                # a rollup leaves out its first point: add the part of its interval inside
+                inside = ftime - max(ftime - fdt, origin + k * width)
+                integral += fvalue * inside
+                active += inside
+            buckets.append((k, count, _nan_if_none(total), _nan_if_none(minimum),
+                            _nan_if_none(maximum), integral, active, ftime, fdt, fvalue))
+        return buckets
+
+    def _grouped_points(self, metric_id: int, origin: int, width: int, top: int) -> list[tuple]:
+        """Per bucket of raw points in ``(origin, top]``: ``(k, count, sum, minimum, maximum,
+        integral, active, first_time, first_dt, first_value)``, the integral and active time
+        of the part inside the bucket."""
+        # the part of a point's interval inside its bucket (only a first point reaches out)
+        inside = "time - max(time - dt, ? + (time - 1 - ?) / ? * ?)"
+        rows = self._reader.execute(
+            "SELECT g.k, g.c, g.cv, g.s, g.mn, g.mx, g.ci, g.i, g.a, g.ft, p.dt, p.value FROM ("
+            " SELECT (time - 1 - ?) / ? AS k, count(*) AS c, count(value) AS cv,"
+            " sum(value) AS s, min(value) AS mn, max(value) AS mx,"
+            f" count({_HELD.format(dt=inside, value='value')}) AS ci,"
+            f" sum({_HELD.format(dt=inside, value='value')}) AS i, sum({inside}) AS a,"
+            " min(time) AS ft FROM points WHERE metric = ? AND time > ? AND time <= ?"
+            " GROUP BY k) AS g JOIN points AS p ON p.metric = ? AND p.time = g.ft"
+            " ORDER BY g.k",
+            (origin, width, *(origin, origin, width, width) * 5, metric_id, origin, top,
+             metric_id)).fetchall()
+        return [(k, count, _sum_of(count, counted, total), _nan_if_none(minimum),
+                 _nan_if_none(maximum), _sum_of(count, counted_integral, integral), active,
+                 ftime, fdt, _nan_if_none(fvalue))
+                for k, count, counted, total, minimum, maximum, counted_integral, integral,
+                active, ftime, fdt, fvalue in rows]
 
     # -- helpers (under the read lock) ------------------------------------------------
 
@@ -242,7 +280,7 @@ class _QueryMixin:
         row = self._reader.execute(
             "SELECT time, dt, value FROM points WHERE metric = ? AND time > ? ORDER BY time "
             "LIMIT 1", (metric_id, time)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else (row[0], row[1], _nan_if_none(row[2]))
 
     def _collect(self, metric_id: int, lo: int, hi: int, level: int) -> _Acc:
         """The aggregate of the raw points in ``(lo, hi]``, from rollups where they fit."""
@@ -257,32 +295,49 @@ class _QueryMixin:
                 break
             level -= 1
         if level < 0:
-            row = self._reader.execute(
-                f"SELECT count(*), sum(value), min(value), max(value), {_INTEGRAL}, sum(dt) "
-                "FROM points WHERE metric = ? AND time > ? AND time <= ?",
-                (metric_id, lo, hi)).fetchone()
-            if row[0]:
-                first = self._reader.execute(
-                    "SELECT time, dt, value FROM points WHERE metric = ? AND time > ? "
-                    "ORDER BY time LIMIT 1", (metric_id, lo)).fetchone()
-                acc.merge_row(row[0], _nan_if_none(row[1]), row[2], row[3],
-                              _nan_if_none(row[4]), row[5], tuple(first))
+            first = self._reader.execute(
+                "SELECT time, dt, value FROM points WHERE metric = ? AND time > ? AND time <= ? "
+                "ORDER BY time LIMIT 1", (metric_id, lo, hi)).fetchone()
+            if first is None:
+                return acc
+            time, dt, value = first[0], first[1], _nan_if_none(first[2])
+            acc.merge_row(1, value, value, value, 0.0, 0, (time, dt, value))
+            # every later point has dt > 0: value * dt is NULL exactly for a NaN
+            count, counted, total, minimum, maximum, integral, active = self._reader.execute(
+                "SELECT count(*), count(value), sum(value), min(value), max(value), "
+                "sum(value * dt), sum(dt) FROM points WHERE metric = ? AND time > ? AND "
+                "time <= ?", (metric_id, time, hi)).fetchone()
+            if count:
+                acc.extend(count, _sum_of(count, counted, total), _nan_if_none(minimum),
+                           _nan_if_none(maximum), _sum_of(count, counted, integral), active)
             return acc
         acc.merge(self._collect(metric_id, lo, first_bucket, level - 1))
-        row = self._reader.execute(
-            "SELECT sum(count), sum(sum), count(sum), min(minimum), max(maximum), "
-            "sum(integral), count(integral), sum(active), count(*) FROM rollups "
-            "WHERE metric = ? AND width = ? AND start >= ? AND start < ?",
+        head = self._reader.execute(
+            "SELECT start, count, sum, minimum, maximum, integral, active, first_time, "
+            "first_dt, first_value FROM rollups WHERE metric = ? AND width = ? AND start >= ? "
+            "AND start < ? ORDER BY start LIMIT 1",
             (metric_id, width, first_bucket, last_bucket)).fetchone()
-        count, total, totals, minimum, maximum, integral, integrals, active, rows = row
-        if count:
-            first = self._reader.execute(
-                "SELECT first_time, first_dt, first_value FROM rollups WHERE metric = ? "
-                "AND width = ? AND start >= ? ORDER BY start LIMIT 1",
-                (metric_id, width, first_bucket)).fetchone()
-            # sum() skips NULLs, and a NULL sum is a NaN: it must stay NaN
-            acc.merge_row(count, total if totals == rows else math.nan, minimum, maximum,
-                          integral if integrals == rows else math.nan, active, tuple(first))
+        if head is not None:
+            start, count, total, minimum, maximum, integral, active, ftime, fdt, fvalue = head
+            acc.merge_row(count, _nan_if_none(total), _nan_if_none(minimum),
+                          _nan_if_none(maximum), _nan_if_none(integral), active,
+                          (ftime, fdt, _nan_if_none(fvalue)))
+            # the later buckets' first points come after this one: their whole intervals count
+            row = self._reader.execute(
+                "SELECT count(*), sum(count), count(sum), sum(sum), min(minimum), max(maximum), "
+                "count(integral), sum(integral), count(first_value), "
+                f"sum({_HELD.format(dt='first_dt', value='first_value')}), "
+                "sum(active) + sum(first_dt) FROM rollups "
+                "WHERE metric = ? AND width = ? AND start > ? AND start < ?",
+                (metric_id, width, start, last_bucket)).fetchone()
+            rows, count, totals, total, minimum, maximum, integrals, integral, firsts, held, \
+                active = row
+            if rows:
+                # rows with all values NaN have a NULL minimum and maximum
+                acc.extend(count, _sum_of(rows, totals, total), _nan_if_none(minimum),
+                           _nan_if_none(maximum),
+                           _sum_of(rows, integrals, integral) + _sum_of(rows, firsts, held),
+                           active)
         acc.merge(self._collect(metric_id, last_bucket, hi, level - 1))
         return acc
 

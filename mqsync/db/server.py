@@ -278,8 +278,8 @@ class Db(Client):
             self._count("stored_points", result.stored)
             if result.non_monotonic:
                 self._count("non_monotonic_points_dropped", result.non_monotonic)
-            if result.nan:
-                self._count("nan_points_dropped", result.nan)
+            if result.out_of_range:
+                self._count("out_of_range_points_dropped", result.out_of_range)
         self._settle(settle)
 
     def _settle(self, settle: list[tuple[Any, int, str]]) -> None:

@@ -9,7 +9,8 @@ Layout (one file, WAL journal)::
 
 ``points`` is clustered by (metric, time): a range of one metric is one sequential read.  The
 value columns have no declared type, so SQLite keeps every double bit for bit (a ``REAL``
-column would store ``-0.0`` as the integer 0).
+column would store ``-0.0`` as the integer 0).  SQLite has no NaN: a NaN is stored as NULL
+and read back as NaN (its sign and payload bits are not kept).
 
 **Semantics (MetricQ's "last" semantics, as in metricq-db-hta and the official
 ``TimeAggregate.from_value_pair``)**: a point ``(t_i, v_i)`` says the metric had value ``v_i``
@@ -29,15 +30,37 @@ time), so integrals need no window function.  An aggregate over ``(start, end]``
 An empty aggregate has count 0, sum 0, minimum +inf, maximum -inf, integral 0, active time 0
 (the identities of combining aggregates, as in HTA).
 
+**NaN and infinities** follow IEEE 754 arithmetic; no request fails because of a value:
+
+* ``sum`` and ``integral`` are IEEE sums: NaN if a NaN contributes or if +inf and -inf both
+  do, else +inf or -inf if an infinite value contributes.  A value that holds over no time
+  (the metric's first point) adds nothing to the integral, even inf or NaN (inf x 0 is NaN);
+* ``minimum`` and ``maximum`` ignore NaN (IEEE 754 minNum/maxNum, C's ``fmin``/``fmax``,
+  SQL's ``min``/``max``): they are NaN only if every contributing value is NaN.  So values
+  1, NaN, 3 give minimum 1, maximum 3, sum NaN, integral NaN (and mean NaN);
+* ``count`` and ``active_time`` count a NaN point like any other;
+* finite values whose sum or product exceeds the range of a double give +inf or -inf; the
+  store adds in its own order (rollups, SQLite), so rounding, and an overflow met together
+  with an infinite value of the other sign, may differ from a sum in time order.
+
 **Rollups**: for every width in ``rollup_widths`` (default 1 s, 10 s, ... 100 000 s) the store
 keeps, per aligned bucket ``(start, start + width]``, the aggregate of the raw points in it and
-its first point.  They are updated in the same transaction as the raw points, so an aggregate
-over a day of 1 kHz data reads a few hundred rows instead of 86.4 million, and an aggregate
-timeline at a rollup width reads one row per bucket.
+its first point.  A rollup's ``integral`` and ``active`` leave that first point out (its
+interval may begin in an earlier bucket), so combining buckets and cutting an interval only
+ever add: a subtraction would turn an infinite value into NaN.  They are updated in the same
+transaction as the raw points, so an aggregate over a day of 1 kHz data reads a few hundred
+rows instead of 86.4 million, and an aggregate timeline at a rollup width reads one row per
+bucket.
 
 **Ingest**: points arrive in order per metric.  As metricq-db-hta does, a point not later than
-the metric's last stored point is dropped (a redelivered chunk is thus stored once) and so is
-a NaN value; both are counted in :class:`InsertResult`.
+the metric's last stored point is dropped (a redelivered chunk is thus stored once); so is a
+point whose time is not within 2**62 ns of the epoch (the years 1823 to 2116, the times an
+mqsync Source sends), so that every time difference and bucket bound fits SQLite's int64.
+Both are counted in :class:`InsertResult`.  Every value is stored, NaN and infinities too.
+
+**Schema versions**: a file of schema 1 (which dropped NaN values, declared the value columns
+NOT NULL and kept the first point in a rollup's integral) is converted to schema 2 when it is
+opened; that reads and rewrites the whole file once.
 
 **Layout**: this module holds :class:`SqliteStore` (opening the file, its connections and
 locks); ``_schema`` the tables, SQL and rollup widths; ``_ingest`` the writes;
@@ -63,6 +86,7 @@ from ._schema import (
     StoreError,
     TooMuchData,
     _check_widths,
+    _migrate_from_1,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,6 +165,17 @@ class SqliteStore(_IngestMixin, _QueryMixin):
     def _load_widths(self, requested: Sequence[int] | None) -> tuple[int, ...]:
         rows = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
         if "rollup_widths" in rows:
+            if rows.get("schema") == "1":
+                logger.warning("%s: converting to schema %s (once; this reads the whole "
+                               "file)", self.path, _SCHEMA_VERSION)
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    _migrate_from_1(self._writer)
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                rows["schema"] = _SCHEMA_VERSION
             if rows.get("schema") != _SCHEMA_VERSION:
                 raise ConfigError(f"{self.path}: unsupported schema version {rows.get('schema')!r}"
                                   f", expected {_SCHEMA_VERSION}")

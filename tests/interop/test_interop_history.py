@@ -3,7 +3,7 @@
 An mqsync Source feeds an mqsync Db through mqsync-manager; the official HistoryClient (its
 own venv, tests/interop/peers/official_history.py) registers with ``history.register`` and
 sends every request type.  Every answer is compared exactly (int ns, float bits) with the
-point-by-point reference of tests/_history_reference.py.
+point-by-point reference of tests/_history_reference.py, also over +inf, -inf and NaN.
 """
 
 from __future__ import annotations
@@ -113,3 +113,52 @@ def test_official_history_client_sees_database_errors(manager, official_python, 
     assert result.returncode == 5, result.stdout[-3000:] + result.stderr[-3000:]
     error = _records(result, "error")
     assert "interval_max > 0" in str(error)
+
+
+@pytest.fixture
+def special_stored(manager, tmp_path, unique):
+    """A metric with +inf, -inf and NaN in different seconds and in one second, kept by a
+    running mqsync Db."""
+    metric = f"interop.{unique}.special"
+    values = [1.0, math.inf, 2.0, -math.inf, 3.0, math.nan, 4.0, 0.5]
+    points = [(T0 + i * S, v) for i, v in enumerate(values)]
+    end = points[-1][0]
+    points += [(end + S // 4, math.inf), (end + S // 2, -math.inf), (end + 3 * S // 4, math.nan),
+               (end + S, 0.25), (end + 2 * S, math.nan), (end + 3 * S, 0.75)]
+    with Db(f"db-{unique}", manager.url, database=tmp_path / "db.sqlite",
+            metrics=[metric]) as db:
+        with mqsync.Source(f"source-{unique}", manager.url, chunk_size=3) as source:
+            source.declare_metrics({metric: {"unit": "W", "rate": 1.0}})
+            source.send_many(metric, [t for t, _ in points], [v for _, v in points])
+            source.flush()
+        assert wait_until(lambda: db.store.count(metric) == len(points), timeout=30)
+        yield metric, points, db
+
+
+@pytest.mark.parametrize("interval_max", [S // 4, S, 10 * S])
+@pytest.mark.parametrize("bounds", ["all", "inside"])
+def test_official_history_client_reads_nan_and_infinities(manager, official_python,
+                                                          special_stored, interval_max, bounds):
+    """Raw values, an aggregate and a timeline over +inf, -inf and NaN: answers, not errors,
+    and IEEE results (sums NaN or infinite; minimum and maximum ignore NaN)."""
+    metric, points, db = special_stored
+    start, end = (None, None) if bounds == "all" else (points[0][0] + S // 2, points[-2][0])
+    window = [] if bounds == "all" else ["--start-ns", start, "--end-ns", end]
+    result = run_peer("official_history.py", "--url", manager.url, "--metric", metric, *window,
+                      "--interval-max-ns", interval_max, "--timeout", 30, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    assert _records(result, "last_value")["value"] == {"t": points[-1][0],
+                                                        "v": _hex(points[-1][1])}
+    aggregate = _records(result, "aggregate")["aggregate"]
+    assert aggregate == _expected_aggregate(start or 0, reference_aggregate(points, start, end))
+    assert aggregate["sum"] == "nan" and aggregate["minimum"] == "-inf"
+    timeline = _records(result, "aggregate_timeline")["aggregates"]
+    expected = reference_timeline(points, start, end, interval_max)
+    assert timeline == [_expected_aggregate(bucket, rest) for bucket, *rest in expected]
+    if interval_max == S:  # a bucket for each: +inf, -inf, NaN
+        assert {"nan", "inf", "-inf"} <= {a["sum"] for a in timeline}
+    raw = _records(result, "raw_timeline")["values"]
+    assert raw == [{"t": t, "v": _hex(v)} for t, v in points
+                   if (start is None or start <= t) and (end is None or t <= end)]
+    assert "history_request_errors" not in db.stats()
