@@ -177,9 +177,9 @@ class Sink(Client):
                 self.on_chunk(metric, times_ns, values)
         except InvalidMessage as error:
             settle = "reject"
-            self._count("malformed_data_messages")
-            logger.warning("%s: dropped a malformed data message for %r from %r: %s",
-                           self.token, metric, message.properties.get("app_id"), error)
+            self._refuse_remote("malformed_data_messages", "dropped a malformed data message "
+                                "for %.80r from %.80r: %s", metric,
+                                message.properties.get("app_id"), error)
         except Exception:
             settle = "reject"
             self._count("data_callback_errors")
