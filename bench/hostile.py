@@ -271,10 +271,8 @@ def manager_down_cases(url: str, settle: float) -> list[Row]:
         first.start()
         first.stop()
         with mqsync.Client("sink-stale", own, rpc_timeout=1) as client, PeakRSS() as rss:
-            try:
+            with contextlib.suppress(mqsync.RPCTimeout):
                 client.rpc("sink.subscribe", metrics=["hostile.stale"], timeout=1.0)
-            except mqsync.RPCTimeout:
-                pass
             dropped = time_until(lambda: queue_counts(own, "management") == (0, 0), 10)
             replies: list = []
             waiting = threading.Thread(target=lambda: replies.append(client.rpc(

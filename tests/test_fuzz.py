@@ -46,7 +46,7 @@ T0 = 1_700_000_000_000_000_000
 MB = 1024 * 1024
 
 
-# -- strategies -----------------------------------------------------------------------------
+# -- strategies ---------------
 
 good_chunks = st.builds(
     lambda deltas, values: encode_chunk(
@@ -107,7 +107,7 @@ rpc_arguments = st.dictionaries(
     max_size=5)
 
 
-# -- the embedded network, once for the module ---------------------------------------------------
+# -- the embedded network, once for the module ---------------
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def rss():
     assert growth < 300, f"memory grew by {growth:.0f} MB over the fuzz run"
 
 
-# -- decoders -----------------------------------------------------------------------------------
+# -- decoders ---------------
 
 
 @fuzz
@@ -176,7 +176,7 @@ def test_decode_json_raises_only_invalid_message(body):
     assert isinstance(payload, dict)
 
 
-# -- a Sink ---------------------------------------------------------------------------------------
+# -- a Sink ---------------
 
 
 @fuzz
@@ -197,7 +197,7 @@ def test_a_sink_survives_any_data_message(net, rss, body, headers, kind):
 SENTINEL = Sentinel()
 
 
-# -- the manager ------------------------------------------------------------------------------------
+# -- the manager ---------------
 
 
 def _manager_state(manager):
@@ -241,7 +241,7 @@ def test_the_manager_survives_any_rpc_body(net, rss, body, headers, reply_to):
     assert manager.stats()["reconnects"] == before["reconnects"] and manager.running
 
 
-# -- mqsync-db's history requests -----------------------------------------------------------------
+# -- mqsync-db's history requests ---------------
 
 
 @pytest.fixture(scope="module")
