@@ -24,6 +24,7 @@ import mqsync
 from mqsync import embedded
 from mqsync.chunk import encode_chunk
 from mqsync.connection import check_url, redact_url
+from mqsync.manager import Manager
 from tests._support import RecordingSink, wait_until
 
 T0 = 1_700_000_000_000_000_000
@@ -305,7 +306,7 @@ def private_vhost(broker_url):
 
 def test_stale_requests_expire_and_waiting_ones_find_the_manager_ready(private_vhost, unique):
     url = private_vhost
-    first = mqsync.manager.Manager(url, token=f"manager-{unique}")
+    first = Manager(url, token=f"manager-{unique}")
     first.start()
     first.stop()  # the exchanges and the durable management queue stay
     with mqsync.Client(f"sink-{unique}", url, rpc_timeout=1) as client:
@@ -319,7 +320,7 @@ def test_stale_requests_expire_and_waiting_ones_find_the_manager_ready(private_v
             "sink.subscribe", metrics=["test.waiting"], timeout=30)))
         waiting.start()
         assert wait_until(lambda: queue_counts(url, "management") == (1, 0), 10)
-        second = mqsync.manager.Manager(url, token=f"manager-{unique}")
+        second = Manager(url, token=f"manager-{unique}")
         second.start()
         try:
             waiting.join(30)
@@ -379,3 +380,30 @@ def test_no_command_prints_any_piece_of_a_password(command, tmp_path):
     assert "invalid broker URL 'amqp://guest:******@127.0.0.1:5999/'" in output, output
     for piece in ("Pw", "s3cr", "et?x"):
         assert piece not in output
+
+
+def test_one_slow_request_holds_up_no_other(private_vhost, unique):
+    """Handlers run on a pool: a request that takes long (a slow broker, a huge reply)
+    leaves the manager free to answer everyone else."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowManager(Manager):
+        @mqsync.rpc_handler("test.slow")
+        def _slow(self, **_):
+            entered.set()
+            release.wait(20)
+
+    with SlowManager(private_vhost, token=f"manager-{unique}"), \
+            mqsync.Client(f"slow-{unique}", private_vhost) as slow, \
+            mqsync.Client(f"other-{unique}", private_vhost) as other:
+        waiting = threading.Thread(target=lambda: slow.rpc("test.slow", timeout=30))
+        waiting.start()
+        try:
+            assert entered.wait(10)
+            assert other.get_metrics(timeout=5) == {}  # answered while test.slow runs
+            with mqsync.Source(f"source-{unique}", private_vhost, connect_timeout=5):
+                pass
+        finally:
+            release.set()
+            waiting.join(30)

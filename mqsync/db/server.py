@@ -264,9 +264,9 @@ class Db(Client):
             try:
                 times_ns, values = decode_chunk(message.body)
             except InvalidMessage as error:
-                self._count("malformed_data_messages")
-                logger.warning("%s: dropped a malformed data message for %r from %r: %s",
-                               self.token, metric, message.properties.get("app_id"), error)
+                self._refuse_remote("malformed_data_messages", "dropped a malformed data "
+                                    "message for %.80r from %.80r: %s", metric,
+                                    message.properties.get("app_id"), error)
                 settle.append((message, generation, "reject"))
                 continue
             # Everything on this queue was bound for this database at some time (a backlog
@@ -321,9 +321,9 @@ class Db(Client):
                             app_id=self.token, headers={"x-request-duration": repr(duration)})
             self._count("history_requests_answered")
         else:
-            self._count("malformed_history_requests")
-            logger.warning("%s: history request for %r from %r has no reply_to; dropped",
-                           self.token, metric, properties.get("app_id"))
+            self._refuse_remote("malformed_history_requests", "history request for %.80r "
+                                "from %.80r has no reply_to; dropped", metric,
+                                properties.get("app_id"))
         logger.debug("%s: history request for %r answered in %.3f s", self.token, metric,
                      time.monotonic() - begin)
 
