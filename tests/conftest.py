@@ -72,16 +72,29 @@ def broker_url():
 
 
 class ManagerProcess:
-    """``mqsync-manager`` running as a subprocess on the session's vhost."""
+    """``mqsync-manager`` running as a subprocess on the session's vhost.
 
-    def __init__(self, url: str, config_dir: Path, metadata_file: Path):
+    Its log goes to a file (``log_file``, by default ``manager.log`` beside the metadata
+    file), never to a pipe nobody reads: a long session would fill the pipe and block the
+    manager.
+    """
+
+    def __init__(self, url: str, config_dir: Path, metadata_file: Path,
+                 log_file: Path | None = None):
         self.url = url
         self.config_dir = config_dir
         self.metadata_file = metadata_file
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mqsync.cli.manager", "--url", url, "--config",
-             str(config_dir), "--metadata-file", str(metadata_file), "--log-level", "info"],
-            stderr=subprocess.PIPE, text=True)
+        self.log_file = log_file or metadata_file.with_name("manager.log")
+        with open(self.log_file, "a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mqsync.cli.manager", "--url", url, "--config",
+                 str(config_dir), "--metadata-file", str(metadata_file), "--log-level",
+                 "info"], stdout=log, stderr=log, text=True)
+        # wait_ready() reads it on an early exit, stop() closes it
+        self.process.stderr = open(self.log_file)  # noqa: SIM115
+
+    def log_tail(self, limit: int = 3000) -> str:
+        return self.log_file.read_text(errors="replace")[-limit:]
 
     def set_config(self, token: str, config: dict) -> None:
         """Serve ``config`` to ``token`` from the next registration on."""

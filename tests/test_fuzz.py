@@ -34,7 +34,7 @@ from mqsync.errors import InvalidMessage
 from mqsync.rpc import decode_json
 from tests._support import RecordingSink, wait_until
 
-EXAMPLES = int(os.environ.get("MQSYNC_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("MQSYNC_FUZZ_EXAMPLES", "400"))
 settings.register_profile(
     "mqsync-fuzz", max_examples=EXAMPLES, deadline=None, database=None,
     derandomize=not os.environ.get("MQSYNC_FUZZ_RANDOM"), print_blob=True,

@@ -17,8 +17,6 @@ received; for the Subscriber, until the source had all of them confirmed, i.e. q
 from __future__ import annotations
 
 import collections
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -63,29 +61,12 @@ def _print_rows(rows: list[tuple]) -> None:
 # -- the manager on the private node ------------------------------------------------------
 
 class LoggedManager(ManagerProcess):
-    """ManagerProcess with its log in a file instead of a pipe nobody reads (a long run
-    with reconnects would fill the pipe and block the manager)."""
-
-    def __init__(self, url: str, config_dir: Path, metadata_file: Path, log_file: Path):
-        self.url = url
-        self.config_dir = config_dir
-        self.metadata_file = metadata_file
-        self.log_file = log_file
-        with open(log_file, "a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mqsync.cli.manager", "--url", url, "--config",
-                 str(config_dir), "--metadata-file", str(metadata_file), "--log-level",
-                 "info"], stdout=log, stderr=log, text=True)
-        # wait_ready() reads it on an early exit, stop() closes it
-        self.process.stderr = open(log_file)  # noqa: SIM115
+    """ManagerProcess that can be killed with SIGKILL."""
 
     def kill9(self) -> None:
         self.process.kill()
         self.process.wait(10)
         self.process.stderr.close()
-
-    def log_tail(self, limit: int = 3000) -> str:
-        return self.log_file.read_text(errors="replace")[-limit:]
 
 
 class NetworkOnNode:

@@ -8,13 +8,16 @@ cannot share an environment. The official client lives in a virtualenv of its ow
   when it is Python 3.10 or newer (metricq 5.4.0 requires it), else the first of
   ``python3.13``/``python3.12``/``python3.11``/``python3.10`` on ``PATH``.
 * **How**: ``<base> -m venv --clear <venv>``, then ``<venv>/bin/python -m pip install`` of
-  ``INTEROP_REQUIREMENTS`` (metricq 5.4.0 and its wire-relevant dependencies, pinned to the
-  versions this harness was checked with). Extra pip options come from pip's own environment
+  ``INTEROP_REQUIREMENTS`` (metricq 5.4.0 and its wire-relevant dependencies, and the official
+  tools ``metricq-tools`` 1.0.0 with theirs, pinned to the versions this harness was checked
+  with; numpy only from a wheel, python-hostlist, which has none, from its sdist). Extra pip
+  options come from pip's own environment
   variables (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ...). protobuf 3.12.4 has no binary wheel
   for Python 3.11 and installs as pure Python; the peers run with
   ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python`` so a stray C extension is never picked.
-* **Check**: the new venv must import ``metricq``, ``aio_pika`` and ``google.protobuf`` at the
-  pinned versions and serialize PROTOCOL.md's DataChunk golden vector byte for byte. Only then
+* **Check**: the new venv must import ``metricq``, ``aio_pika``, ``google.protobuf`` and the
+  tools' ``check``/``summary``/``energy`` modules, have every pinned version and the tools'
+  console scripts, and serialize PROTOCOL.md's DataChunk golden vector byte for byte. Only then
   is ``<venv>/.mqsync-interop.json`` written; it records the requirements and the base
   interpreter, and a venv whose record differs (or is missing: a build that died half-way) is
   rebuilt.
@@ -26,7 +29,8 @@ cannot share an environment. The official client lives in a virtualenv of its ow
 pip's output) when the venv cannot be built; the ``official_python`` fixture in
 ``tests/interop/conftest.py`` turns that into a skip on a developer's machine and a failure
 when ``CI=true``. ``run_peer``/``start_peer`` run the scripts in ``tests/interop/peers/``
-(each prints JSON lines; see their docstrings) with that interpreter and a clean environment.
+(each prints JSON lines; see their docstrings) with that interpreter and a clean environment;
+``official_script`` gives the path of one of the tools' console scripts.
 """
 
 from __future__ import annotations
@@ -57,15 +61,42 @@ PINNED = {
     "aio-pika": "9.6.2",
     "aiormq": "6.9.4",
     "pamqp": "3.3.0",
+    # metricq 5.4.0 imports pkg_resources, which venvs of Python 3.12+ no longer come with;
+    # 75.8 has it, with no warning printed, and runs on 3.10 to 3.13
+    "setuptools": "75.8.2",
 }
 """What the venv gets: the official client and the libraries that decide what goes on the wire,
 at the versions this harness was checked with. The rest (yarl, multidict, python-dateutil, ...)
 floats within metricq's ranges: some have no pure-Python wheel for every interpreter."""
-INTEROP_REQUIREMENTS = tuple(f"{name}=={version}" for name, version in PINNED.items())
+
+TOOLS_PINNED = {
+    "metricq-tools": "1.0.0",
+    # the only compiled one: 2.2.6 has manylinux wheels for CPython 3.10 to 3.13, the range
+    # _base_python() looks for (2.3 dropped 3.10); it is installed from a wheel or not at all
+    "numpy": "2.2.6",
+    # no wheel for any version: built from its sdist (pip fetches setuptools for that)
+    "python-hostlist": "2.3.0",
+    # the tests read what these print (tables, options, logging)
+    "click": "8.1.8",
+    "click-log": "0.4.0",
+    "tabulate": "0.9.0",
+    "termplotlib": "0.3.9",
+    "humanize": "2.6.0",
+    "async-timeout": "3.0.1",
+    "python-dotenv": "1.0.1",
+}
+"""The official command-line tools (``metricq-check``, ``metricq-summary``, ``metricq-energy``,
+...; see ``official_script``) and their direct dependencies, pure Python except numpy, at
+versions that install on every interpreter the venv may be built from."""
+
+ALL_PINNED = {**PINNED, **TOOLS_PINNED}
+INTEROP_REQUIREMENTS = tuple(f"{name}=={version}" for name, version in ALL_PINNED.items())
+_BINARY_ONLY = ("numpy",)  # compiling it from source would take minutes and need a toolchain
 
 _MIN_PYTHON = (3, 10)  # metricq 5.4.0's Requires-Python
 _MARKER_NAME = ".mqsync-interop.json"
 _MARKER_FORMAT = 1
+_SCRIPTS = ("metricq-check", "metricq-summary", "metricq-energy")  # checked in a new venv
 _BUILD_TIMEOUT_S = 900.0
 _LOCK_WAIT_S = 1200.0
 
@@ -73,6 +104,7 @@ _LOCK_WAIT_S = 1200.0
 _CHECK_SCRIPT = """
 import importlib.metadata, json, sys
 import aio_pika, metricq
+import metricq_tools.check, metricq_tools.energy, metricq_tools.summary
 from google.protobuf.internal import api_implementation
 from metricq.datachunk_pb2 import DataChunk
 chunk = DataChunk()
@@ -165,7 +197,7 @@ def _check_venv(venv: Path) -> dict[str, Any]:
         raise InteropUnavailable(f"{python} does not exist")
     try:
         result = subprocess.run(
-            [str(python), "-c", _CHECK_SCRIPT, *PINNED],
+            [str(python), "-c", _CHECK_SCRIPT, *ALL_PINNED],
             capture_output=True,
             text=True,
             timeout=120,
@@ -182,10 +214,13 @@ def _check_venv(venv: Path) -> dict[str, Any]:
         report = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError) as error:
         raise InteropUnavailable(f"the check in {venv} printed {result.stdout!r}") from error
-    if report.get("versions") != PINNED:
+    if report.get("versions") != ALL_PINNED:
         raise InteropUnavailable(
-            f"the venv at {venv} has {report.get('versions')}, expected {PINNED}"
+            f"the venv at {venv} has {report.get('versions')}, expected {ALL_PINNED}"
         )
+    missing = [name for name in _SCRIPTS if not (venv / "bin" / name).is_file()]
+    if missing:
+        raise InteropUnavailable(f"the venv at {venv} lacks the console scripts {missing}")
     if report.get("datachunk") != _DATACHUNK_GOLDEN:
         raise InteropUnavailable(
             f"metricq in {venv} serializes the golden DataChunk as {report.get('datachunk')}, "
@@ -214,6 +249,8 @@ def _build(venv: Path, base_python: str) -> None:
             "--disable-pip-version-check",
             "--no-input",
             "--quiet",
+            "--only-binary",
+            ",".join(_BINARY_ONLY),
             *INTEROP_REQUIREMENTS,
         ],
     ]
@@ -314,6 +351,21 @@ def official_python() -> Path:
         if isinstance(_cached, InteropUnavailable):
             raise _cached
         return _cached
+
+
+def official_script(name: str) -> Path:
+    """The path of one of the venv's console scripts, e.g. ``official_script("metricq-check")``.
+
+    Run it with ``env=peer_env()``: its ``#!`` line names the venv's interpreter.
+
+    Raises:
+        InteropUnavailable: the venv cannot be built.
+        FileNotFoundError: the venv has no such script.
+    """
+    script = official_python().parent / name
+    if not script.is_file():
+        raise FileNotFoundError(f"the interop venv has no console script {script}")
+    return script
 
 
 def peer_command(script_name: str, *args: object) -> list[str]:
