@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Callable
 
+import psutil
+
 import mqsync
 
 
@@ -44,3 +46,32 @@ class RecordingSink(mqsync.Sink):
         """Points of ``metric`` with different timestamps (duplicates counted once)."""
         with self._lock:
             return len({t for m, t, _ in self.points if m == metric})
+
+
+class PeakRSS:
+    """Samples this process's resident set size on a thread while in the with-block;
+    ``peak`` is the highest seen, ``growth`` (bytes) how far it rose above the start."""
+
+    def __init__(self, interval: float = 0.01):
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.baseline = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline

@@ -17,7 +17,6 @@ import zlib
 from urllib.parse import unquote, urlsplit
 
 import kombu
-import psutil
 import pytest
 
 import mqsync
@@ -25,7 +24,7 @@ from mqsync import embedded
 from mqsync.chunk import encode_chunk
 from mqsync.connection import check_url, redact_url
 from mqsync.manager import Manager
-from tests._support import RecordingSink, wait_until
+from tests._support import PeakRSS, RecordingSink, wait_until
 
 T0 = 1_700_000_000_000_000_000
 MB = 1024 * 1024
@@ -72,32 +71,6 @@ def queue_counts(url: str, queue: str) -> tuple[int, int] | None:
     return None
 
 
-class PeakRSS:
-    """Samples this process's resident set size on a thread while in the with-block."""
-
-    def __init__(self):
-        self._process = psutil.Process()
-        self.baseline = self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler")
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.baseline) / MB
-
-
 # -- data messages -------------------------------------------------------------------------
 
 
@@ -132,7 +105,7 @@ def test_compressed_data_messages_are_refused_not_inflated(network, unique, zlib
         if url is not None:  # nothing left in the queue: refused means rejected, not requeued
             assert wait_until(lambda: queue_counts(url, sink.data_queue) == (0, 0), 10), \
                 queue_counts(url, sink.data_queue)
-    assert rss.growth_mb < 200, f"the sink grew by {rss.growth_mb:.0f} MB"
+    assert rss.growth < 200 * MB, f"the sink grew by {rss.growth / MB:.0f} MB"
 
 
 def test_malformed_chunks_are_counted_and_dropped(network, unique):
@@ -168,7 +141,7 @@ def test_compressed_and_nested_rpc_bodies_are_refused(unique, zlib_bomb, caplog)
                           == before.get("malformed_rpc_messages", 0) + 2, 5)
         assert manager.stats()["refused_messages"] == before["refused_messages"] + 1
         assert manager.stats()["reconnects"] == 0
-    assert rss.growth_mb < 200
+    assert rss.growth < 200 * MB
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 

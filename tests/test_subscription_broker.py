@@ -8,12 +8,11 @@ import threading
 import time
 
 import kombu
-import psutil
 import pytest
 
 import mqsync
 from mqsync import Subscriber
-from tests._support import RecordingSink, wait_until
+from tests._support import PeakRSS, RecordingSink, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -46,34 +45,6 @@ def wait_for_queue_depth(url: str, queue: str, messages: int, timeout: float = 6
             return
         assert time.monotonic() < deadline, f"{queue} holds {depth} messages, expected {messages}"
         time.sleep(0.05)
-
-
-class PeakRSS:
-    """Samples this process's resident set size on a thread; ``peak`` is the highest seen."""
-
-    def __init__(self, interval: float = 0.01):
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.baseline = self.peak = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
 
 
 def test_a_million_points_buffered_while_disconnected_are_all_collected_in_bounded_memory(
