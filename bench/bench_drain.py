@@ -115,7 +115,8 @@ def drain_kombu(subscriber: mqsync.Subscriber, rpc: mqsync.Client, url: str) -> 
 
 def bench(url: str, points: int, runs: int, chunk_size: int) -> None:
     rates: dict[str, list[float]] = {"mqsync": [], "kombu": []}
-    with mqsync.Client(f"bench-rpc-{uuid.uuid4().hex[:6]}", url) as rpc:
+    # the subscriber's token with a uuid: the manager lets it unsubscribe and release
+    with mqsync.Client("sink-bench-drain", url, add_uuid=True) as rpc:
         for run in range(runs):
             order = ["mqsync", "kombu"] if run % 2 == 0 else ["kombu", "mqsync"]
             for way in order:

@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import kombu  # noqa: E402
 
 import mqsync  # noqa: E402
 from mqsync.db import SqliteStore  # noqa: E402
@@ -116,10 +117,10 @@ def database(url: str, path: Path, metrics: list[str]) -> Iterator[str]:
             process.kill()
             process.wait(5)
         log.close()
-        # the Db's durable queues would outlive it
-        with mqsync.Client(f"bench-cleanup-{token}", url) as client:
+        # the Db's durable queues would outlive it (no sink's: sink.release refuses them)
+        with kombu.Connection(url, connect_timeout=10) as connection:
             for queue in (f"{token}-data", f"{token}-hreq"):
-                client.rpc("sink.release", dataQueue=queue)
+                connection.default_channel.queue_delete(queue)
 
 
 # -- 2. end-to-end ingest ---------------------------------------------------------------------

@@ -9,7 +9,9 @@ measured is how fast a sink gets through a backlog:
    metric of the run's own;
 2. a plain kombu connection publishes the points there, already encoded, in chunks of
    1, 100 or 1000 points, and the benchmark waits until the queue holds them all;
-3. the contender subscribes to that queue (``sink.subscribe`` with ``dataQueue``) and
+3. the contender subscribes to that queue (``sink.subscribe`` with ``dataQueue``, under the
+   helper's token with a uuid appended: the manager lets only the queue's owner and such
+   derived tokens use a queue) and
    consumes it; the clock runs from its first callback to the one that completes the N
    points, so connecting and subscribing are outside it (and so are the transfer and
    decoding of the first message: under 1 % of the messages at the default sizes).
@@ -137,17 +139,20 @@ class Backlog:
             self.rpc.rpc("sink.release", dataQueue=queue, timeout=10)
 
 
-def consume_mqsync(url: str, sink_class: type, metric: str, queue: str, points: int) -> float:
+def consume_mqsync(url: str, sink_class: type, metric: str, queue: str, points: int,
+                   owner: str) -> float:
     window = _Window(points)
-    with sink_class(f"sink-bench-{uuid.uuid4().hex[:6]}", url) as sink:
+    with sink_class(owner, url) as sink:  # owner.<uuid>: may use the owner's queue
         sink.window = window
         sink.subscribe([metric], dataQueue=queue, metadata=False)
         seconds = window.seconds("mqsync sink")
     return seconds
 
 
-def consume_official(peer: _common.OfficialPeer, metric: str, queue: str, points: int) -> float:
-    result = peer.run(TIMEOUT + 60, queue=queue, metric=metric, count=points, timeout=TIMEOUT)
+def consume_official(peer: _common.OfficialPeer, metric: str, queue: str, points: int,
+                     owner: str) -> float:
+    result = peer.run(TIMEOUT + 60, queue=queue, metric=metric, count=points, timeout=TIMEOUT,
+                      token=owner)
     if not result.get("complete"):
         raise RuntimeError(f"the official sink got {result.get('count')} of {points} points")
     return float(result["seconds"])
@@ -201,12 +206,14 @@ def bench_per_point(url: str, runs: int, quick: bool, backlog: Backlog,
                 metric, queue = backlog.fill(payloads)
                 try:
                     if way == "mqsync":
-                        seconds = consume_mqsync(url, CountingSink, metric, queue, points)
+                        seconds = consume_mqsync(url, CountingSink, metric, queue, points,
+                                                 backlog.rpc.token)
                     elif way == "raw":
                         seconds = consume_raw(url, backlog.rpc, metric, queue, points)
                     else:
                         assert official is not None
-                        seconds = consume_official(official, metric, queue, points)
+                        seconds = consume_official(official, metric, queue, points,
+                                                   backlog.rpc.token)
                 finally:
                     backlog.release(queue)
                 figures[way].append(points / seconds)
@@ -235,7 +242,8 @@ def bench_bulk(url: str, runs: int, quick: bool, backlog: Backlog,
             metric, queue = backlog.fill(payloads)
             try:
                 if way == "mqsync":
-                    seconds = consume_mqsync(url, ChunkCountingSink, metric, queue, points)
+                    seconds = consume_mqsync(url, ChunkCountingSink, metric, queue, points,
+                                             backlog.rpc.token)
                 else:
                     seconds = consume_raw(url, rpc, metric, queue, points)
             finally:
@@ -251,7 +259,7 @@ def bench_bulk(url: str, runs: int, quick: bool, backlog: Backlog,
 
 def profile(url: str, quick: bool) -> None:
     """Run the mqsync sink paths under cProfile (per point at chunk 1 and 1000, bulk)."""
-    with mqsync.Client(f"bench-rpc-{uuid.uuid4().hex[:6]}", url) as rpc, \
+    with mqsync.Client(f"sink-bench-{uuid.uuid4().hex[:6]}", url) as rpc, \
             _common.Broker(url) as broker:
         backlog = Backlog(url, rpc, broker)
         cases = [(CountingSink, 1, sizes(quick)["per_point"][1]),
@@ -262,14 +270,14 @@ def profile(url: str, quick: bool) -> None:
             try:
                 with _common.profile_all_threads(f"{sink_class.__name__}, chunk {chunk_size}, "
                                                  f"{points} points"):
-                    consume_mqsync(url, sink_class, metric, queue, points)
+                    consume_mqsync(url, sink_class, metric, queue, points, rpc.token)
             finally:
                 backlog.release(queue)
 
 
 def run(url: str, runs: int, quick: bool) -> list[Result]:
     """Every figure of this benchmark on a network (a vhost with a manager) at ``url``."""
-    with mqsync.Client(f"bench-rpc-{uuid.uuid4().hex[:6]}", url) as rpc, \
+    with mqsync.Client(f"sink-bench-{uuid.uuid4().hex[:6]}", url) as rpc, \
             _common.Broker(url) as broker:
         backlog = Backlog(url, rpc, broker)
         unavailable = _common.official_unavailable()

@@ -44,7 +44,9 @@ class BenchSink(_common.BoundedRpcMixin, Sink):
 
 
 async def run_one(args: argparse.Namespace, command: dict[str, Any]) -> dict[str, Any]:
-    sink = BenchSink(_common.default_token("sink-bench"), args.url,
+    # the queue's owner's token (with the uuid the Sink appends): the manager lets it use
+    # the queue the benchmark filled
+    sink = BenchSink(command.get("token") or _common.default_token("sink-bench"), args.url,
                      connection_timeout=_common.STOP_TIMEOUT_S,
                      client_version=_common.CLIENT_VERSION)
     sink.prepare(int(command["count"]))
