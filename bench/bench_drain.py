@@ -61,8 +61,9 @@ def _queue_depth(url: str, queue: str) -> int:
 
 def buffer_points(url: str, metric: str, points: int, chunk_size: int) -> mqsync.Subscriber:
     """Subscribe, disconnect, send ``points`` points and wait until the broker holds them."""
-    subscriber = mqsync.Subscriber("sink-bench-drain", url, metrics=[metric], expires=300,
-                                   add_uuid=True)
+    # one token for every run: the raw drain's client ("sink-bench-drain.<uuid>") may then
+    # unsubscribe and release the queue, as a Drain of this Subscriber may
+    subscriber = mqsync.Subscriber("sink-bench-drain", url, metrics=[metric], expires=300)
     subscriber.__enter__()
     with mqsync.Source(f"source-bench-{uuid.uuid4().hex[:6]}", url,
                        chunk_size=chunk_size) as source:
