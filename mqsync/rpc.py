@@ -34,8 +34,8 @@ def rpc_handler(*functions: str) -> Callable[[Callable[..., Any]], Callable[...,
     ``{"error": ...}`` reply.  Raise :class:`~mqsync.errors.InvalidRequest` (or another
     :class:`~mqsync.errors.MqsyncError`) for bad input from the caller: it is logged as one
     WARNING line; any other exception counts as a bug and is logged with its traceback.
-    Arguments a handler does not take are refused before any handler runs.  Handlers of base classes run first; at most one handler of
-    a function may return a value.
+    Arguments a handler does not take are refused before any handler runs.  Handlers of
+    base classes run first; at most one handler of a function may return a value.
 
     Example::
 
