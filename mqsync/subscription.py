@@ -8,8 +8,12 @@ and releases it::
 
     with mqsync.Subscriber(token, url, metrics=metrics, expires=3600) as subscriber:
         run_the_workload()
-        for metric, timestamp, value in subscriber.collect_data():
-            ...
+    for metric, timestamp, value in subscriber.collect_data():
+        ...
+
+``collect_data()`` works inside the ``with`` block too. A subscription that is never
+collected ends by itself ``expires`` seconds after it was made (the broker drops the
+queue); :meth:`Subscriber.release` ends it at once.
 
 The subscription's queue is durable (``durable: true`` in ``sink.subscribe``), and so the
 data waiting in it survives a restart of the broker.
@@ -26,7 +30,7 @@ import threading
 from typing import Any, Iterable, Iterator, Sequence
 
 from .client import Client, check_metric_name
-from .errors import ClientStopped, MqsyncError, RPCTimeout
+from .errors import ClientStopped, RPCTimeout
 from .sink import Sink, _expires_seconds
 from .timeseries import Timedelta, Timestamp
 
@@ -75,18 +79,29 @@ class Subscriber(Client):
         self.stop()
         return self
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
+        """Nothing to do: the subscription outlives the block.
+
+        :meth:`collect_data` may run inside the ``with`` block or after it. A subscription
+        nobody collects ends when the broker drops its queue, ``expires`` seconds after
+        the subscribe; :meth:`release` frees it sooner.
+        """
+
+    def release(self) -> None:
+        """Give up the subscription without collecting it: the broker drops the buffered data.
+
+        Does nothing when there is nothing to release (never subscribed, or collected).
+
+        Raises:
+            RPCError: the manager refused (e.g. the queue expired already).
+        """
         if self._collected or self.queue is None:
             return
-        # Nobody collected: free the broker's buffer now rather than at expiry.
-        try:
-            # the subscriber's token with a uuid: the manager lets it release the queue
-            with Client(self.token, self._url, add_uuid=True,
-                        connect_timeout=10, rpc_timeout=10) as releaser:
-                releaser.rpc("sink.release", dataQueue=self.queue)
-        except MqsyncError as error:
-            logger.warning("%s: could not release %s (it expires after %g s): %s", self.token,
-                           self.queue, self.expires, error)
+        # the subscriber's token with a uuid: the manager lets it release the queue
+        with Client(self.token, self._url, add_uuid=True,
+                    connect_timeout=10, rpc_timeout=10) as releaser:
+            releaser.rpc("sink.release", dataQueue=self.queue)
+        self._collected = True
 
     def collect_data(self, *, start: Timestamp | None = None, end: Timestamp | None = None,
                      timeout: float = 60.0, buffer_chunks: int = 64,

@@ -64,10 +64,33 @@ def test_a_released_queue_gives_a_clear_error(unique):
             list(subscriber.collect_data(timeout=5))
 
 
-def test_leaving_without_collecting_releases_the_queue(unique):
+def test_the_drain_how_to_runs_with_collect_data_after_the_block(unique):
+    # The official client's Subscriber does nothing on exit, so the how-to's loop may stand
+    # after the with-block; the subscription stays until it is collected or expires.
+    token = f"drain-example-{unique}"
+    metrics = [f"test.{unique}.after"]
+    with mqsync.Source(f"source-{unique}", chunk_size=10) as source:
+        with Subscriber(token, None, metrics=metrics, expires=60) as subscriber:
+            for i in range(25):
+                source.send(metrics[0], T0 + i, float(i))
+            source.flush()
+        collected = [(m, t.posix_ns, v) for m, t, v in subscriber.collect_data()]
+    assert collected == [(metrics[0], T0 + i, float(i)) for i in range(25)]
+
+
+def test_leaving_without_collecting_keeps_the_queue_until_released(unique):
     metric = f"test.{unique}.abandoned"
-    with mqsync.Client(f"drain-{unique}", add_uuid=True) as holder:
-        with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
-            queue = subscriber.queue
-        with pytest.raises(mqsync.RPCError, match="does not exist"):
-            holder.rpc("sink.unsubscribe", dataQueue=queue, metrics=[metric])
+    with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
+        pass
+    # (that a Drain can still collect it is the how-to test above)
+    subscriber.release()
+    with pytest.raises(mqsync.RPCError, match="does not exist"):
+        list(subscriber.collect_data(timeout=5))
+    subscriber.release()  # nothing left to release
+
+
+def test_a_collected_subscription_has_nothing_to_release(unique):
+    metric = f"test.{unique}.collected"
+    with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
+        assert list(subscriber.collect_data(timeout=10)) == []
+    subscriber.release()  # the Drain released it: no RPC, no error
