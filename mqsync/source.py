@@ -76,6 +76,7 @@ class Source(Client):
         persistent: bool = True,
         **kwargs: Any,
     ):
+        _refuse_update_without_task(type(self))
         super().__init__(token, url, **kwargs)
         ChunkBuffer(chunk_size)  # validates, with a message that says what is expected
         if flush_interval is not None and not flush_interval > 0:
@@ -442,3 +443,17 @@ def _as_float(value: Any) -> float:
     except (TypeError, ValueError):
         raise TypeError(f"value must be a real number, got {type(value).__name__} "
                         f"{value!r}") from None
+
+
+def _refuse_update_without_task(cls: type) -> None:
+    """Raise at once when ``cls`` defines ``update()`` that nothing would ever call.
+
+    Only :class:`~mqsync.IntervalSource` calls ``update()``; a plain Source subclass with
+    ``update()`` and no ``task()`` would connect, send nothing and look healthy.
+    """
+    if getattr(cls, "update", None) is None or cls.task is not Source.task:
+        return  # no update(), or a task() of its own (IntervalSource's calls update())
+    raise TypeError(
+        f"{cls.__name__} defines update() but subclasses mqsync.Source, which never calls "
+        f"it: subclass mqsync.IntervalSource (and set self.period) for periodic updates, or "
+        f"override task() with a loop of your own")

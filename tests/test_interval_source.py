@@ -55,6 +55,24 @@ def test_the_how_to_interval_source_runs(unique):
     assert times == sorted(times)
 
 
+def test_the_how_to_example_on_a_plain_source_is_refused_by_name():
+    # The how-to's IntervalSource example as printed subclasses Source: the official client
+    # refuses it (its task() is abstract); mqsync says which base class was meant.
+    class DummySource(mqsync.Source):
+        def update(self):
+            self.send("example.py.interval-dummy", time=mqsync.Timestamp.now(), value=1.0)
+
+    with pytest.raises(TypeError, match=r"DummySource defines update\(\) but subclasses "
+                                        r"mqsync.Source.*mqsync.IntervalSource"):
+        DummySource(token="source-py-refused", url=None)
+
+    class WithTask(DummySource):
+        def task(self):  # update() called from a loop of its own: fine
+            pass
+
+    WithTask(token="source-py-with-task", url=None)
+
+
 # The how-to's first (task-based) example: a Source with task() and task_stop_future.
 class TaskDummySource(mqsync.Source):
     def __init__(self, *args, **kwargs):
