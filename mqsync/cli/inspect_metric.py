@@ -97,9 +97,14 @@ class Summary:
         if not self.count:
             return {"count": 0}
         ordered = sorted(self.sample.samples)
-        return {"count": self.count, "min": self.minimum, "max": self.maximum,
-                "mean": self.total / self.count, "median": ordered[len(ordered) // 2],
-                "histogram": histogram(ordered, HISTOGRAM_BINS)}
+        return {
+            "count": self.count,
+            "min": self.minimum,
+            "max": self.maximum,
+            "mean": self.total / self.count,
+            "median": ordered[len(ordered) // 2],
+            "histogram": histogram(ordered, HISTOGRAM_BINS),
+        }
 
 
 def histogram(ordered: Sequence[float], bins: int) -> list[dict[str, float]]:
@@ -142,8 +147,7 @@ class MetricStatistics:
         self.last_value: float | None = None
         self.started = time.monotonic()
 
-    def add_chunk(self, times_ns: Sequence[int], values: Sequence[float],
-                  arrived_ns: int) -> None:
+    def add_chunk(self, times_ns: Sequence[int], values: Sequence[float], arrived_ns: int) -> None:
         with self._lock:
             self.chunks += 1
             self.chunk_sizes[len(times_ns)] += 1
@@ -184,10 +188,13 @@ class MetricStatistics:
                 "points_per_s": self.points / elapsed_s if elapsed_s > 0 else None,
                 "chunks": self.chunks,
                 "chunk_sizes": {
-                    "min": sizes[0] if sizes else None, "max": sizes[-1] if sizes else None,
+                    "min": sizes[0] if sizes else None,
+                    "max": sizes[-1] if sizes else None,
                     "mean": sum(sizes) / len(sizes) if sizes else None,
-                    "counts": {str(size): count
-                               for size, count in sorted(self.chunk_sizes.items())}},
+                    "counts": {
+                        str(size): count for size, count in sorted(self.chunk_sizes.items())
+                    },
+                },
                 "intervals_s": self.intervals.to_json(),
                 "not_increasing": self.not_increasing,
                 "values": self.values.to_json(),
@@ -204,8 +211,14 @@ class MetricStatistics:
 class InspectingSink(Sink):
     """Feeds every chunk of the inspected metric into a :class:`MetricStatistics`."""
 
-    def __init__(self, *args: Any, statistics: MetricStatistics, limit: int | None,
-                 done: threading.Event, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        statistics: MetricStatistics,
+        limit: int | None,
+        done: threading.Event,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.statistics = statistics
         self._limit = limit
@@ -252,21 +265,29 @@ def _number(value: float) -> str:
 def _summary_line(name: str, summary: dict[str, Any], fmt: Any) -> str:
     if not summary.get("count"):
         return f"{name}: none"
-    return (f"{name}: min {fmt(summary['min'])}, median {fmt(summary['median'])}, "
-            f"mean {fmt(summary['mean'])}, max {fmt(summary['max'])} "
-            f"({summary['count']} in all)")
+    return (
+        f"{name}: min {fmt(summary['min'])}, median {fmt(summary['median'])}, "
+        f"mean {fmt(summary['mean'])}, max {fmt(summary['max'])} "
+        f"({summary['count']} in all)"
+    )
 
 
 def _bars(bins: list[dict[str, float]], fmt: Any) -> list[str]:
     if not bins:
         return []
     most = max(entry["count"] for entry in bins) or 1
-    labels = [fmt(entry["low"]) if entry["low"] == entry["high"]
-              else f"{fmt(entry['low'])} .. {fmt(entry['high'])}" for entry in bins]
+    labels = [
+        fmt(entry["low"])
+        if entry["low"] == entry["high"]
+        else f"{fmt(entry['low'])} .. {fmt(entry['high'])}"
+        for entry in bins
+    ]
     width = max(len(label) for label in labels)
-    return [f"  {label.rjust(width)}  "
-            f"{'#' * round(BAR_WIDTH * entry['count'] / most):<{BAR_WIDTH}}  {entry['count']}"
-            for label, entry in zip(labels, bins)]
+    return [
+        f"  {label.rjust(width)}  "
+        f"{'#' * round(BAR_WIDTH * entry['count'] / most):<{BAR_WIDTH}}  {entry['count']}"
+        for label, entry in zip(labels, bins)
+    ]
 
 
 def format_report(metric: str, metadata: dict[str, Any], report: dict[str, Any]) -> str:
@@ -279,28 +300,42 @@ def format_report(metric: str, metadata: dict[str, Any], report: dict[str, Any])
         lines.append("metadata: none (no source declared this metric)")
     lines.append(f"inspected: {report['elapsed_s']:.1f} s")
     rate = report["points_per_s"]
-    lines.append(f"points: {report['points']} ({rate:.3g}/s)" if rate is not None
-                 else f"points: {report['points']}")
+    lines.append(
+        f"points: {report['points']} ({rate:.3g}/s)"
+        if rate is not None
+        else f"points: {report['points']}"
+    )
     if not report["points"]:
         return "\n".join(lines)
     last = report["last_value"]
-    lines.append(f"last: {_number(last) if isinstance(last, float) else last} at "
-                 f"{report['last_time']}")
+    lines.append(
+        f"last: {_number(last) if isinstance(last, float) else last} at {report['last_time']}"
+    )
     sizes = report["chunk_sizes"]
-    lines.append(f"chunks: {report['chunks']}; size min {sizes['min']}, mean "
-                 f"{sizes['mean']:.3g}, max {sizes['max']}")
+    lines.append(
+        f"chunks: {report['chunks']}; size min {sizes['min']}, mean "
+        f"{sizes['mean']:.3g}, max {sizes['max']}"
+    )
     counts = sizes["counts"]
     if len(counts) <= HISTOGRAM_BINS:
-        lines += _bars([{"low": int(size), "high": int(size), "count": count}
-                        for size, count in counts.items()], str)
-    lines.append(_summary_line("intervals", report["intervals_s"], _seconds)
-                 + (f"; {report['not_increasing']} not increasing"
-                    if report["not_increasing"] else ""))
+        lines += _bars(
+            [
+                {"low": int(size), "high": int(size), "count": count}
+                for size, count in counts.items()
+            ],
+            str,
+        )
+    lines.append(
+        _summary_line("intervals", report["intervals_s"], _seconds)
+        + (f"; {report['not_increasing']} not increasing" if report["not_increasing"] else "")
+    )
     lines += _bars(report["intervals_s"].get("histogram", []), _seconds)
     lines.append(_summary_line("values", report["values"], _number))
     lines += _bars(report["values"].get("histogram", []), _number)
-    lines.append(f"NaN: {report['nan']}, +inf: {report['positive_infinity']}, "
-                 f"-inf: {report['negative_infinity']}")
+    lines.append(
+        f"NaN: {report['nan']}, +inf: {report['positive_infinity']}, "
+        f"-inf: {report['negative_infinity']}"
+    )
     lines.append(_summary_line("delay (arrival - point time)", report["delay_s"], _seconds))
     return "\n".join(lines)
 
@@ -310,16 +345,26 @@ def format_report(metric: str, metadata: dict[str, Any], report: dict[str, Any])
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
-        "inspect", token="sink-inspect-$USER-$HOST",
+        "inspect",
+        token="sink-inspect-$USER-$HOST",
         description="Live statistics of one MetricQ metric: points/s, interval and value "
         "histograms, chunk sizes, NaN/inf counts, arrival delay and its metadata.",
-        epilog=EXAMPLE)
+        epilog=EXAMPLE,
+    )
     parser.add_argument("metric", help="the metric to inspect")
-    parser.add_setting("--duration", type=duration_argument, default=10.0,
-                       help="how long to watch, e.g. 30, 2min (default: 10 s)")
+    parser.add_setting(
+        "--duration",
+        type=duration_argument,
+        default=10.0,
+        help="how long to watch, e.g. 30, 2min (default: 10 s)",
+    )
     parser.add_argument("--count", type=int, help="stop after this many points")
-    parser.add_setting("--every", type=float, default=1.0,
-                       help="seconds between live lines on stderr; 0: none (default: 1)")
+    parser.add_setting(
+        "--every",
+        type=float,
+        default=1.0,
+        help="seconds between live lines on stderr; 0: none (default: 1)",
+    )
     parser.add_argument("--json", action="store_true", help="the report as JSON")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -336,13 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     statistics = MetricStatistics()
     try:
-        sink = InspectingSink(args.token, args.url, statistics=statistics, limit=args.count,
-                              done=done, connect_timeout=CONNECT_TIMEOUT, rpc_timeout=10.0)
+        sink = InspectingSink(
+            args.token,
+            args.url,
+            statistics=statistics,
+            limit=args.count,
+            done=done,
+            connect_timeout=CONNECT_TIMEOUT,
+            rpc_timeout=10.0,
+        )
     except (TypeError, ValueError) as error:
         print(f"mqsync-inspect: {error}", file=sys.stderr)
         return EXIT_USAGE
-    previous = {signum: signal.signal(signum, lambda *_: done.set())
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        signum: signal.signal(signum, lambda *_: done.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         try:
             sink.start()
@@ -370,14 +424,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mqsync-inspect: {sink.failure}", file=sys.stderr)
         return EXIT_FAILURE
     if not report["points"]:
-        print(f"mqsync-inspect: no point of {args.metric} arrived in {elapsed:.1f} s",
-              file=sys.stderr)
+        print(
+            f"mqsync-inspect: no point of {args.metric} arrived in {elapsed:.1f} s", file=sys.stderr
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
 
-def _watch(args: Any, statistics: MetricStatistics, done: threading.Event, started: float,
-           sink: Sink) -> None:
+def _watch(
+    args: Any, statistics: MetricStatistics, done: threading.Event, started: float, sink: Sink
+) -> None:
     """Wait for the end, printing a live line every ``--every`` seconds (not with --json)."""
     deadline = started + args.duration
     every = 0.0 if args.json else args.every
@@ -394,9 +450,12 @@ def _watch(args: Any, statistics: MetricStatistics, done: threading.Event, start
         if every and now - last_line >= every:
             points, value = statistics.progress()
             shown = _number(value) if value is not None else "-"
-            print(f"{Timestamp.now().isoformat()[11:19]}  +{points - last_points} points "
-                  f"({(points - last_points) / (now - last_line):.3g}/s)  last {shown}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{Timestamp.now().isoformat()[11:19]}  +{points - last_points} points "
+                f"({(points - last_points) / (now - last_line):.3g}/s)  last {shown}",
+                file=sys.stderr,
+                flush=True,
+            )
             last_points, last_line = points, now
 
 

@@ -80,13 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     if "--" in argv:
         split = argv.index("--")
-        options, command = argv[:split], argv[split + 1:]
+        options, command = argv[:split], argv[split + 1 :]
     else:
         options, command = argv, []
     args = parser.parse_args(options)
     if not command:
-        parser.error("the command to measure goes after '--', e.g. "
-                     "mqsync-measure --metrics room.power -- sleep 10")
+        parser.error(
+            "the command to measure goes after '--', e.g. "
+            "mqsync-measure --metrics room.power -- sleep 10"
+        )
     setup_logging(args.log_level)
     try:
         settings = _settings(args)
@@ -94,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mqsync-measure: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.url is None:
-        print("mqsync-measure: no --url (or $MQSYNC_URL): measuring on an embedded "
-              "in-process network, where only this process's sources publish",
-              file=sys.stderr)
+        print(
+            "mqsync-measure: no --url (or $MQSYNC_URL): measuring on an embedded "
+            "in-process network, where only this process's sources publish",
+            file=sys.stderr,
+        )
         # Hold the embedded network for the whole run: the Subscriber closes its
         # connection at once, and the last client to leave takes the network with it.
         embedded.acquire()
@@ -109,36 +113,66 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = CommandParser(
-        "measure", token="sink-measure-$HOST", url_required=False,
+        "measure",
+        token="sink-measure-$HOST",
+        url_required=False,
         usage="%(prog)s --metrics METRIC [METRIC ...] [options] -- COMMAND [ARGS ...]",
         description="Record MetricQ metrics while a command runs; write a CSV, a summary "
-        "(with the energy of power metrics) and a plot.", epilog=EXAMPLE)
-    parser.add_argument("--metrics", nargs="+", required=True, metavar="METRIC",
-                        help="the metrics to record")
-    parser.add_argument("--expires", default="1h",
-                        help="how long the broker keeps the buffered points if they are "
-                        "never collected; must exceed the command's run (default: 1h)")
-    parser.add_argument("--margin", default="1s",
-                        help="data to keep before and after the run, e.g. 2s, 500ms "
-                        "(default: 1s); the command starts this much after the subscription")
-    parser.add_argument("--settle", default="1s",
-                        help="extra wait after the margin before collecting, so chunks still "
-                        "on their way arrive (default: 1s)")
-    parser.add_argument("--output-dir", type=Path, default=Path("."),
-                        help="where the outputs go (default: the current directory)")
+        "(with the energy of power metrics) and a plot.",
+        epilog=EXAMPLE,
+    )
+    parser.add_argument(
+        "--metrics", nargs="+", required=True, metavar="METRIC", help="the metrics to record"
+    )
+    parser.add_argument(
+        "--expires",
+        default="1h",
+        help="how long the broker keeps the buffered points if they are "
+        "never collected; must exceed the command's run (default: 1h)",
+    )
+    parser.add_argument(
+        "--margin",
+        default="1s",
+        help="data to keep before and after the run, e.g. 2s, 500ms "
+        "(default: 1s); the command starts this much after the subscription",
+    )
+    parser.add_argument(
+        "--settle",
+        default="1s",
+        help="extra wait after the margin before collecting, so chunks still "
+        "on their way arrive (default: 1s)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("."),
+        help="where the outputs go (default: the current directory)",
+    )
     parser.add_argument("--csv", type=Path, help=f"CSV path (default: <output-dir>/{CSV_NAME})")
-    parser.add_argument("--summary", type=Path,
-                        help=f"summary JSON path (default: <output-dir>/{SUMMARY_NAME})")
+    parser.add_argument(
+        "--summary", type=Path, help=f"summary JSON path (default: <output-dir>/{SUMMARY_NAME})"
+    )
     plot = parser.add_mutually_exclusive_group()
-    plot.add_argument("--plot", type=Path, help=f"plot path, PNG (default: <output-dir>/"
-                      f"{PLOT_NAME} when matplotlib is installed)")
+    plot.add_argument(
+        "--plot",
+        type=Path,
+        help=f"plot path, PNG (default: <output-dir>/{PLOT_NAME} when matplotlib is installed)",
+    )
     plot.add_argument("--no-plot", action="store_true", help="draw no plot")
     return parser
 
 
 class _Settings:
-    def __init__(self, *, expires: float, margin: float, settle: float, csv_path: Path,
-                 summary_path: Path, plot_path: Path | None):
+    def __init__(
+        self,
+        *,
+        expires: float,
+        margin: float,
+        settle: float,
+        csv_path: Path,
+        summary_path: Path,
+        plot_path: Path | None,
+    ):
         self.expires = expires
         self.margin = margin
         self.settle = settle
@@ -164,8 +198,10 @@ def _settings(args: argparse.Namespace) -> _Settings:
     plot_path: Path | None = None
     if args.plot is not None:
         if not plotting_available():
-            raise UsageError(f"--plot {args.plot} needs matplotlib: pip install "
-                             "'mqsync[plot]' (or use --no-plot)")
+            raise UsageError(
+                f"--plot {args.plot} needs matplotlib: pip install "
+                "'mqsync[plot]' (or use --no-plot)"
+            )
         plot_path = args.plot
     elif not args.no_plot:
         if plotting_available():
@@ -173,9 +209,13 @@ def _settings(args: argparse.Namespace) -> _Settings:
         else:
             logger.warning("matplotlib is not installed: no plot (pip install 'mqsync[plot]')")
     settings = _Settings(
-        expires=expires, margin=margin, settle=settle,
+        expires=expires,
+        margin=margin,
+        settle=settle,
         csv_path=args.csv or args.output_dir / CSV_NAME,
-        summary_path=args.summary or args.output_dir / SUMMARY_NAME, plot_path=plot_path)
+        summary_path=args.summary or args.output_dir / SUMMARY_NAME,
+        plot_path=plot_path,
+    )
     for path in (settings.csv_path, settings.summary_path, settings.plot_path):
         if path is None:
             continue
@@ -194,20 +234,24 @@ def _seconds(text: str, name: str) -> float:
 
 def _measure(args: argparse.Namespace, command: list[str], settings: _Settings) -> int:
     try:
-        subscriber = Subscriber(args.token, args.url, metrics=args.metrics,
-                                expires=settings.expires, add_uuid=True)
+        subscriber = Subscriber(
+            args.token, args.url, metrics=args.metrics, expires=settings.expires, add_uuid=True
+        )
     except (TypeError, ValueError) as error:
         print(f"mqsync-measure: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
         subscriber.__enter__()
     except (ConnectFailed, RPCTimeout) as error:
-        print(f"mqsync-measure: cannot subscribe, the command was not run: {error}",
-              file=sys.stderr)
+        print(
+            f"mqsync-measure: cannot subscribe, the command was not run: {error}", file=sys.stderr
+        )
         return EXIT_CONNECT
     except MqsyncError as error:
-        print(f"mqsync-measure: the subscription failed, the command was not run: {error}",
-              file=sys.stderr)
+        print(
+            f"mqsync-measure: the subscription failed, the command was not run: {error}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     try:
         _check_metadata(subscriber, settings)
@@ -220,8 +264,10 @@ def _measure(args: argparse.Namespace, command: list[str], settings: _Settings) 
         try:
             returncode, start, end = run_command(command)
         except OSError as error:
-            print(f"mqsync-measure: cannot run {command[0]!r}: {error.strerror or error}",
-                  file=sys.stderr)
+            print(
+                f"mqsync-measure: cannot run {command[0]!r}: {error.strerror or error}",
+                file=sys.stderr,
+            )
             return EXIT_NOT_STARTED
         exit_code = returncode if returncode >= 0 else 128 - returncode
         with _signals_set(interrupt):
@@ -238,16 +284,24 @@ def _check_metadata(subscriber: Subscriber, settings: _Settings) -> None:
     for metric in subscriber.metrics:
         metadata = subscriber.metadata.get(metric) or {}
         if not metadata:
-            print(f"mqsync-measure: {metric}: no metadata (has a source declared it?)",
-                  file=sys.stderr)
+            print(
+                f"mqsync-measure: {metric}: no metadata (has a source declared it?)",
+                file=sys.stderr,
+            )
             continue
         chunk_size, rate = metadata.get("chunkSize"), metadata.get("rate")
-        if (isinstance(chunk_size, (int, float)) and isinstance(rate, (int, float))
-                and rate > 0 and chunk_size / rate > settings.margin + settings.settle):
-            print(f"mqsync-measure: {metric} is sent in chunks of about "
-                  f"{chunk_size / rate:g} s (chunkSize {chunk_size} at {rate:g}/s): points "
-                  "near the end of the run may come too late; raise --settle",
-                  file=sys.stderr)
+        if (
+            isinstance(chunk_size, (int, float))
+            and isinstance(rate, (int, float))
+            and rate > 0
+            and chunk_size / rate > settings.margin + settings.settle
+        ):
+            print(
+                f"mqsync-measure: {metric} is sent in chunks of about "
+                f"{chunk_size / rate:g} s (chunkSize {chunk_size} at {rate:g}/s): points "
+                "near the end of the run may come too late; raise --settle",
+                file=sys.stderr,
+            )
 
 
 def run_command(command: Sequence[str]) -> tuple[int, Timestamp, Timestamp]:
@@ -307,8 +361,7 @@ def _wait_forwarding(child: subprocess.Popen) -> None:
             info = signal.sigtimedwait(watched, 0.1)
             if info is None or info.si_signo == signal.SIGCHLD:
                 continue
-            if (info.si_signo == signal.SIGINT and info.si_code > 0
-                    and _in_our_process_group(child)):
+            if info.si_signo == signal.SIGINT and info.si_code > 0 and _in_our_process_group(child):
                 # Sent by the kernel, i.e. the terminal: the command had it already.
                 logger.info("SIGINT from the terminal: the command got it too")
                 continue
@@ -326,8 +379,7 @@ def _in_our_process_group(child: subprocess.Popen) -> bool:
 
 def _send(child: subprocess.Popen, signum: int) -> None:
     if child.poll() is None:
-        logger.info("forwarding %s to the command (pid %d)", signal.Signals(signum).name,
-                    child.pid)
+        logger.info("forwarding %s to the command (pid %d)", signal.Signals(signum).name, child.pid)
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
 
@@ -338,8 +390,9 @@ def _signals_set(event: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, lambda *_: event.set())
-                for signum in FORWARDED_SIGNALS}
+    previous = {
+        signum: signal.signal(signum, lambda *_: event.set()) for signum in FORWARDED_SIGNALS
+    }
     try:
         yield
     finally:
@@ -347,33 +400,42 @@ def _signals_set(event: threading.Event) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _collect(subscriber: Subscriber, window: Window, command: list[str], exit_code: int,
-             settings: _Settings) -> int:
+def _collect(
+    subscriber: Subscriber, window: Window, command: list[str], exit_code: int, settings: _Settings
+) -> int:
     """Drain, write the outputs and print the table; return EXIT_OK or a failure code."""
     measurement = Measurement(window, subscriber.metrics, subscriber.metadata)
     csv_path = settings.csv_path
     partial = csv_path.with_name(csv_path.name + ".part")
     try:
         with open(partial, "w", newline="", encoding="utf-8") as csv_file:
-            points = subscriber.collect_data(start=Timestamp(window.keep_from_ns),
-                                             end=Timestamp(window.keep_until_ns),
-                                             timeout=DRAIN_TIMEOUT_S)
+            points = subscriber.collect_data(
+                start=Timestamp(window.keep_from_ns),
+                end=Timestamp(window.keep_until_ns),
+                timeout=DRAIN_TIMEOUT_S,
+            )
             kept = measurement.collect(points, csv_file)
         os.replace(partial, csv_path)
     except RPCError as error:
         hint = ""
         if window.duration_s >= settings.expires:
-            hint = (f" (the command ran {window.duration_s:.0f} s, longer than --expires "
-                    f"{settings.expires:g} s: raise --expires)")
+            hint = (
+                f" (the command ran {window.duration_s:.0f} s, longer than --expires "
+                f"{settings.expires:g} s: raise --expires)"
+            )
         print(f"mqsync-measure: collecting the data failed: {error}{hint}", file=sys.stderr)
         return EXIT_FAILURE
     except (ConnectFailed, RPCTimeout) as error:
-        print(f"mqsync-measure: collecting the data failed (partial CSV in {partial}): "
-              f"{error}", file=sys.stderr)
+        print(
+            f"mqsync-measure: collecting the data failed (partial CSV in {partial}): {error}",
+            file=sys.stderr,
+        )
         return EXIT_CONNECT
     except KeyboardInterrupt:
-        print(f"mqsync-measure: interrupted while collecting (partial CSV in {partial})",
-              file=sys.stderr)
+        print(
+            f"mqsync-measure: interrupted while collecting (partial CSV in {partial})",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except (OSError, MqsyncError) as error:
         print(f"mqsync-measure: collecting the data failed: {error}", file=sys.stderr)
@@ -384,12 +446,11 @@ def _collect(subscriber: Subscriber, window: Window, command: list[str], exit_co
         "command": command,
         "exit_code": exit_code,
         "window": window.to_dict(),
-        "subscribed_at": subscriber.subscribed_at.isoformat()
-        if subscriber.subscribed_at else None,
+        "subscribed_at": subscriber.subscribed_at.isoformat() if subscriber.subscribed_at else None,
         "points": kept,
         "metrics": [summary.to_dict() for summary in summaries],
         "energy": "integral over the run window: step for scope 'last' (the default) and "
-                  "'next', trapezoid for scope 'point'; see mqsync.measure",
+        "'next', trapezoid for scope 'point'; see mqsync.measure",
         "csv": str(csv_path),
         "plot": str(settings.plot_path) if settings.plot_path else None,
         "mqsync_version": __version__,
@@ -408,17 +469,25 @@ def _collect(subscriber: Subscriber, window: Window, command: list[str], exit_co
             print(f"mqsync-measure: cannot draw {settings.plot_path}: {error}", file=sys.stderr)
             status = EXIT_FAILURE
 
-    print(f"\nmqsync-measure: {shlex.join(command)} ran {window.duration_s:.3f} s, exit code "
-          f"{exit_code}; {kept} point(s) kept", file=sys.stderr)
+    print(
+        f"\nmqsync-measure: {shlex.join(command)} ran {window.duration_s:.3f} s, exit code "
+        f"{exit_code}; {kept} point(s) kept",
+        file=sys.stderr,
+    )
     print(format_table(summaries), file=sys.stderr)
     for summary in summaries:
         if summary.count == 0:
-            print(f"mqsync-measure: no points of {summary.metric} in the run window "
-                  "(is a source sending it?)", file=sys.stderr)
+            print(
+                f"mqsync-measure: no points of {summary.metric} in the run window "
+                "(is a source sending it?)",
+                file=sys.stderr,
+            )
         elif summary.energy_j is not None and summary.coverage < 0.99:
-            print(f"mqsync-measure: the energy of {summary.metric} covers only "
-                  f"{summary.coverage * 100:.1f} % of the run (raise --margin?)",
-                  file=sys.stderr)
+            print(
+                f"mqsync-measure: the energy of {summary.metric} covers only "
+                f"{summary.coverage * 100:.1f} % of the run (raise --margin?)",
+                file=sys.stderr,
+            )
     written = [str(csv_path), str(settings.summary_path)]
     if settings.plot_path is not None and status == EXIT_OK:
         written.append(str(settings.plot_path))
