@@ -17,7 +17,9 @@ a state as a small JSON document in a state directory:
   ``make_default_state()``.
 
 The format is JSON, never pickle: a state file is data, not code, and a human can read
-and repair it.  The document is wrapped in an envelope
+and repair it. Times (``datetime``, ``date``, ``timedelta``, :class:`~mqsync.Timestamp`,
+:class:`~mqsync.Timedelta`) are written as tagged objects such as
+``{"$datetime": "2026-11-29T01:02:03+00:00"}`` and load back exactly.  The document is wrapped in an envelope
 (``{"mqsync_state": 1, "saved_at": ..., "state": ...}``) so that a truncated file can
 never parse as a different, valid state.
 """
@@ -31,16 +33,19 @@ import logging
 import os
 import tempfile
 import time
+import zoneinfo
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from mqsync.errors import MqsyncError
+from mqsync.timeseries import Timedelta, Timestamp
 
 __all__ = [
     "STATE_FORMAT_VERSION",
     "StateError",
     "StateMixin",
+    "CollectorWithStateMixin",
     "default_state_dir",
     "load_state",
     "save_state",
@@ -90,40 +95,126 @@ def state_file_path(name: str, state_dir: str | os.PathLike[str] | None = None) 
     return directory / (quote(name, safe="") + ".json")
 
 
-def _check_encodable(value: Any, where: str, active: set[int]) -> None:
-    """Raise TypeError naming the first value in ``value`` that JSON cannot round-trip."""
+# Values JSON has no type for are written as one-key objects tagged with their type
+# (``{"$datetime": "2026-11-29T01:02:03.000004+01:00"}``) and turned back into the same
+# value on load. A dict of the application's own whose only key happens to be a tag is
+# wrapped in ``{"$dict": ...}``, so it loads back as written.
+_TAG_DICT = "$dict"
+_TAG_DATETIME = "$datetime"  # ISO 8601; "zone" keeps a zoneinfo name, "fold" a fold of 1
+_TAG_DATE = "$date"
+_TAG_TIMEDELTA = "$timedelta"  # datetime.timedelta: [days, seconds, microseconds]
+_TAG_TIMESTAMP = "$mqsync.Timestamp"  # nanoseconds since the epoch
+_TAG_MQ_TIMEDELTA = "$mqsync.Timedelta"  # nanoseconds
+_TAGS = frozenset({_TAG_DICT, _TAG_DATETIME, _TAG_DATE, _TAG_TIMEDELTA, _TAG_TIMESTAMP,
+                   _TAG_MQ_TIMEDELTA})
+
+
+def _encode_datetime(value: datetime.datetime) -> dict[str, Any]:
+    tagged: dict[str, Any] = {_TAG_DATETIME: value.isoformat()}
+    zone = getattr(value.tzinfo, "key", None)  # a zoneinfo.ZoneInfo: keep its name
+    if isinstance(zone, str):
+        tagged["zone"] = zone
+    if value.fold:
+        tagged["fold"] = 1
+    return tagged
+
+
+def _to_json(value: Any, where: str, active: set[int]) -> Any:
+    """``value`` as plain JSON types, tagged where JSON has no type for it.
+
+    Raises TypeError naming the first value that cannot be saved and loaded back equal.
+    """
     if value is None or isinstance(value, (str, int, float)):
-        return
+        return value
+    if isinstance(value, datetime.datetime):
+        return _encode_datetime(value)
+    if isinstance(value, datetime.date):
+        return {_TAG_DATE: value.isoformat()}
+    if isinstance(value, datetime.timedelta):
+        return {_TAG_TIMEDELTA: [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, Timestamp):
+        return {_TAG_TIMESTAMP: value.posix_ns}
+    if isinstance(value, Timedelta):
+        return {_TAG_MQ_TIMEDELTA: value.ns}
     if isinstance(value, (dict, list, tuple)):
         if id(value) in active:
             raise TypeError(f"state is not JSON-serializable: {where} refers back to itself")
         active.add(id(value))
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise TypeError(
-                        f"state is not JSON-serializable: {where} has a key {key!r} of type "
-                        f"{type(key).__name__}; keys must be str (JSON would turn it into a "
-                        "string and the loaded state would differ)"
-                    )
-                _check_encodable(item, f"{where}[{key!r}]", active)
-        else:
-            for index, item in enumerate(value):
-                _check_encodable(item, f"{where}[{index}]", active)
-        active.discard(id(value))
-        return
+        try:
+            if isinstance(value, dict):
+                return _dict_to_json(value, where, active)
+            return [_to_json(item, f"{where}[{index}]", active)
+                    for index, item in enumerate(value)]
+        finally:
+            active.discard(id(value))
     raise TypeError(
         f"state is not JSON-serializable: {where} is of type {type(value).__name__}; "
-        "expected dict, list, tuple, str, int, float, bool or None"
+        "expected dict, list, tuple, str, int, float, bool, None, datetime, date, "
+        "timedelta, mqsync.Timestamp or mqsync.Timedelta"
     )
 
 
+def _dict_to_json(value: dict, where: str, active: set[int]) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"state is not JSON-serializable: {where} has a key {key!r} of type "
+                f"{type(key).__name__}; keys must be str (JSON would turn it into a "
+                "string and the loaded state would differ)"
+            )
+        encoded[key] = _to_json(item, f"{where}[{key!r}]", active)
+    if any(key in _TAGS for key in encoded):
+        return {_TAG_DICT: encoded}
+    return encoded
+
+
+def _from_json(value: Any) -> Any:
+    """A loaded JSON value with its tagged objects turned back into their values."""
+    if isinstance(value, list):
+        return [_from_json(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    tags = sorted(_TAGS.intersection(value))
+    if not tags:
+        return {key: _from_json(item) for key, item in value.items()}
+    tag = tags[0]
+    tagged = value[tag]
+    try:
+        if len(tags) > 1:
+            raise TypeError(f"more than one tag: {tags}")
+        if tag == _TAG_DICT:
+            if not isinstance(tagged, dict):
+                raise TypeError("expected an object")
+            return {key: _from_json(item) for key, item in tagged.items()}
+        if tag == _TAG_DATETIME:
+            decoded = datetime.datetime.fromisoformat(tagged)
+            if "zone" in value:
+                decoded = decoded.replace(tzinfo=zoneinfo.ZoneInfo(value["zone"]))
+            return decoded.replace(fold=value.get("fold", 0))
+        if tag == _TAG_DATE:
+            return datetime.date.fromisoformat(tagged)
+        if tag == _TAG_TIMEDELTA:
+            days, seconds, microseconds = tagged
+            return datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+        if tag == _TAG_TIMESTAMP:
+            return Timestamp(_exact_int(tagged))
+        return Timedelta(_exact_int(tagged))
+    except (TypeError, ValueError, OverflowError, zoneinfo.ZoneInfoNotFoundError) as exc:
+        raise ValueError(f"invalid {tag} value {tagged!r} ({exc})") from None
+
+
+def _exact_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer number of nanoseconds")
+    return value
+
+
 def _encode(state: Any) -> bytes:
-    _check_encodable(state, "state", set())
     envelope = {
         _ENVELOPE_KEY: STATE_FORMAT_VERSION,
         "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "state": state,
+        "state": _to_json(state, "state", set()),
     }
     return (json.dumps(envelope, sort_keys=True, indent=1) + "\n").encode("utf-8")
 
@@ -150,7 +241,11 @@ def save_state(state: Any, path: str | os.PathLike[str]) -> None:
     """Write ``state`` to ``path`` as JSON, atomically and durably.
 
     The state must consist of dicts with str keys, lists, tuples (loaded back as
-    lists), str, int, float, bool and None. Missing parent directories are created.
+    lists), str, int, float, bool and None, and of ``datetime.datetime`` (naive or aware;
+    a ``zoneinfo`` zone keeps its name), ``datetime.date``, ``datetime.timedelta``,
+    :class:`~mqsync.Timestamp` and :class:`~mqsync.Timedelta`, which are written as
+    tagged JSON objects and load back equal, of the same type and zone. Missing parent
+    directories are created.
 
     :raises TypeError: the state holds something else; the message names where it is.
         Nothing is written in that case.
@@ -234,7 +329,7 @@ def _decode(data: bytes) -> Any:
             f"state format version {version} is newer than this mqsync reads "
             f"({STATE_FORMAT_VERSION}); upgrade mqsync or remove the file"
         )
-    return document["state"]
+    return _from_json(document["state"])
 
 
 def _load(
@@ -291,13 +386,23 @@ class StateMixin:
     ``<state_dir>/<state_name>.json``; both are attributes that may be set on the class
     or the instance:
 
-    * ``state_dir``: ``None`` (the default) means :func:`default_state_dir`.
+    * ``state_dir``: ``None`` (the default) means the ``cache_dir`` key of the object's
+      ``config`` (a source's configuration from the manager or its plugin file, as n6
+      reads ``cache_dir`` from the collector's config), else :func:`default_state_dir`.
+      A source gets its configuration when it connects, so load the state after
+      :meth:`~mqsync.Client.start` (or in ``task()`` / ``update()``). :meth:`save_state`
+      writes to the file :meth:`load_state` read, so the two always match.
     * ``state_name``: ``None`` means the instance's ``token`` if it has one, else the
       class name.
 
-    The mixin has no ``__init__``, so it combines with any base class.
+    The mixin has no ``__init__``, so it combines with any base class, in either order.
     After :meth:`load_state`, ``state_recovered_from`` is the path a damaged state file
     was moved to, or ``None``.
+
+    n6's collector, mapped: ``CollectorWithStateMixin`` is this class (the name is kept as
+    an alias); its pickle in ``cache_dir`` is a JSON file here, which holds what n6's
+    examples keep (dicts, lists, numbers, strings, and datetimes such as ``time_utc``;
+    see :func:`save_state`) but no arbitrary objects.
     """
 
     state_dir: str | os.PathLike[str] | None = None
@@ -308,7 +413,16 @@ class StateMixin:
     def state_path(self) -> Path:
         """The file this object's state is kept in."""
         name = self.state_name or getattr(self, "token", None) or type(self).__name__
-        return state_file_path(name, self.state_dir)
+        directory = self.state_dir
+        if directory is None:
+            config = getattr(self, "config", None)
+            cache_dir = config.get("cache_dir") if isinstance(config, Mapping) else None
+            if cache_dir is not None:
+                if not isinstance(cache_dir, str) or not cache_dir:
+                    raise StateError(f"cache_dir in the configuration must be a directory "
+                                     f"path, got {cache_dir!r}")
+                directory = Path(cache_dir).expanduser()
+        return state_file_path(name, directory)
 
     def make_default_state(self) -> Any:
         """Return the state of a first run (or after a damaged file). ``None`` by default."""
@@ -317,9 +431,16 @@ class StateMixin:
     def load_state(self) -> Any:
         """Return the saved state, or :meth:`make_default_state` if there is none or it is
         damaged (see :func:`load_state`)."""
-        state, self.state_recovered_from = _load(self.state_path, self.make_default_state)
+        path = self.state_path
+        state, self.state_recovered_from = _load(path, self.make_default_state)
+        self._state_loaded_from = path
         return state
 
     def save_state(self, state: Any) -> None:
-        """Save ``state`` atomically (see :func:`save_state`)."""
-        save_state(state, self.state_path)
+        """Save ``state`` atomically (see :func:`save_state`), to the file it was loaded
+        from (or :attr:`state_path` when it was never loaded)."""
+        save_state(state, getattr(self, "_state_loaded_from", None) or self.state_path)
+
+
+CollectorWithStateMixin = StateMixin
+"""n6's name for :class:`StateMixin`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -9,13 +10,17 @@ import random
 import subprocess
 import sys
 import time
+import zoneinfo
 from pathlib import Path
 
 import pytest
 
+import mqsync
+from mqsync import Timedelta, Timestamp, embedded
 from mqsync import state as state_module
 from mqsync.errors import MqsyncError
 from mqsync.state import (
+    CollectorWithStateMixin,
     StateError,
     StateMixin,
     default_state_dir,
@@ -92,6 +97,74 @@ def test_unencodable_state_names_the_type_and_leaves_the_file(tmp_path, state, w
     assert type_name in str(raised.value)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
+TIME_VALUES = [
+    datetime.datetime(2026, 11, 29, 1, 2, 3, 4),  # naive
+    datetime.datetime(2026, 11, 29, 1, 2, 3, 4, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2026, 11, 29, 1, 2, 3, tzinfo=datetime.timezone(
+        datetime.timedelta(hours=-3, minutes=-30))),
+    datetime.datetime(2026, 3, 29, 3, 0, tzinfo=BERLIN),
+    datetime.datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=BERLIN),  # the repeated hour
+    datetime.date(2026, 11, 29),
+    datetime.timedelta(days=-1, seconds=5, microseconds=7),
+    Timestamp(1_764_378_123_456_789_123),
+    Timestamp(-5),
+    Timedelta(-1),
+    Timedelta(86_400_000_000_000_123),
+]
+
+
+@pytest.mark.parametrize("value", TIME_VALUES, ids=repr)
+def test_time_values_round_trip_exactly(tmp_path, value):
+    path = tmp_path / "s.json"
+    save_state({"last_utc": value, "history": [value, (value,)]}, path)
+    loaded = load_state(path)
+    for got in (loaded["last_utc"], loaded["history"][0], loaded["history"][1][0]):
+        assert got == value
+        assert type(got) is type(value)
+        if isinstance(value, datetime.datetime):
+            # the same wall time in the same zone, not only the same instant
+            assert got.tzinfo == value.tzinfo
+            assert (got.isoformat(), got.fold) == (value.isoformat(), value.fold)
+
+
+def test_time_values_are_readable_tagged_json(tmp_path):
+    path = tmp_path / "s.json"
+    when = datetime.datetime(2026, 11, 29, 1, 2, 3, tzinfo=BERLIN)
+    save_state({"when": when, "ts": Timestamp(5)}, path)
+    state = json.loads(path.read_text())["state"]
+    assert state == {"when": {"$datetime": "2026-11-29T01:02:03+01:00",
+                              "zone": "Europe/Berlin"},
+                     "ts": {"$mqsync.Timestamp": 5}}
+
+
+@pytest.mark.parametrize("own", [
+    {"$date": "2026-11-29"},
+    {"$dict": {"a": 1}},
+    {"$datetime": "not a time", "other": 1},
+    {"$mqsync.Timestamp": 1.5},
+])
+def test_an_applications_dict_that_looks_tagged_loads_back_as_written(tmp_path, own):
+    path = tmp_path / "s.json"
+    save_state({"own": own, "nested": [{"x": own}]}, path)
+    assert load_state(path) == {"own": own, "nested": [{"x": own}]}
+
+
+@pytest.mark.parametrize("bad", [
+    {"$date": "2026-13-01"},
+    {"$mqsync.Timestamp": "5"},
+    {"$timedelta": [1, 2]},
+    {"$datetime": "2026-11-29T01:00:00", "zone": "No/Such_Zone"},
+])
+def test_a_damaged_tagged_value_is_a_damaged_file(tmp_path, caplog, bad):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"mqsync_state": 1, "state": {"x": bad}}))
+    with caplog.at_level(logging.ERROR, logger="mqsync.state"):
+        assert load_state(path, dict) == {}
+    assert "invalid $" in caplog.text
+    assert len(corrupt_files(tmp_path)) == 1
 
 
 def test_non_string_keys_are_rejected(tmp_path):
@@ -282,10 +355,11 @@ def make_state(n: int, items: int) -> dict:
 
 
 def run_helper(path: Path, out: Path, saves: int, items: int) -> subprocess.Popen:
-    # -S: no site import; the helper adds the source tree itself and imports only
-    # mqsync.state and mqsync.errors, so one run costs little more than the interpreter.
+    # The helper imports only mqsync.state and what it needs (mqsync.errors,
+    # mqsync.timeseries), not the whole SDK, so one run costs little more than the
+    # interpreter.
     return subprocess.Popen(
-        [sys.executable, "-S", str(HELPERS / "state_runner.py"), str(path), str(saves), str(items)],
+        [sys.executable, str(HELPERS / "state_runner.py"), str(path), str(saves), str(items)],
         stdout=out.open("w"),
         stderr=subprocess.STDOUT,
     )
@@ -344,3 +418,76 @@ def test_state_survives_kill_9_at_random_moments(tmp_path):
     inside_save = state_module._remove_stale_temp_files(path, older_than=0)
     print(f"{runs} runs: {killed} killed, {interrupted} between two saves, {inside_save} inside")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "state.json"]
+
+
+# n6's stateful collector example, mapped onto mqsync: CollectorWithStateMixin with
+# a Source, cache_dir in the source's configuration, a datetime (``time_utc``) in the state.
+class Data:
+    def __init__(self, time_utc, rows):
+        self.time_utc = time_utc
+        self.rows = rows
+
+
+FEED = [Data(datetime.datetime(2026, 11, 29, 0, minute, tzinfo=datetime.timezone.utc),
+             [float(minute)]) for minute in range(0, 50, 10)]
+
+
+class MyStatefullCollector(CollectorWithStateMixin, mqsync.Source):
+    def make_default_state(self):
+        return {}
+
+    def run(self):
+        self.start()  # connect: the configuration (with cache_dir) comes from the manager
+        try:
+            self.state = self.load_state()
+            data = self._collect_data()
+            for value in data.rows:
+                self.send("test.n6.collector", Timestamp.from_datetime(data.time_utc), value)
+            self.flush()
+        finally:
+            self.stop()
+        self.save_state(self.state)
+
+    def _collect_data(self):
+        data = self._download(only_newer_than=self.state.get("last_utc"))
+        self.state["last_utc"] = data.time_utc
+        return data
+
+    def _download(self, only_newer_than):
+        newer = [d for d in FEED if only_newer_than is None or d.time_utc > only_newer_than]
+        return Data(newer[0].time_utc, newer[0].rows)
+
+
+def test_the_n6_stateful_collector_resumes_from_its_datetime(tmp_path, unique):
+    token = f"collector-{unique}"
+    cache_dir = tmp_path / "cache"
+    with mqsync.Client(f"holder-{unique}"):
+        embedded.manager().configs.set(token, {"cache_dir": str(cache_dir)})
+        for run in range(3):  # three cron runs, each a new process in real life
+            collector = MyStatefullCollector(token)
+            collector.run()
+            assert collector.state_path == cache_dir / f"{token}.json"
+            saved = load_state(collector.state_path)
+            assert saved == {"last_utc": FEED[run].time_utc}
+            assert saved["last_utc"].tzinfo is datetime.timezone.utc
+
+
+def test_the_state_is_saved_where_it_was_loaded_from(tmp_path):
+    class Collector(StateMixin):
+        config: dict = {}
+
+    collector = Collector()
+    collector.state_dir = tmp_path / "first"
+    collector.load_state()
+    collector.state_dir = tmp_path / "second"  # e.g. a configuration that came later
+    collector.save_state({"n": 1})
+    assert load_state(tmp_path / "first" / "Collector.json") == {"n": 1}
+    assert not (tmp_path / "second").exists()
+
+
+def test_cache_dir_in_the_configuration_must_be_a_path(tmp_path):
+    class Collector(StateMixin):
+        config = {"cache_dir": 5}
+
+    with pytest.raises(StateError, match="cache_dir in the configuration must be a directory"):
+        Collector().load_state()

@@ -3,7 +3,7 @@
 The crash tests start hundreds of short processes; importing the whole SDK (kombu,
 protobuf, ...) in each would make them slow. Registering a bare ``mqsync`` package whose
 ``__path__`` points at the source tree lets ``import mqsync.state`` load just that module
-(and ``mqsync.errors``), whatever the package's ``__init__`` re-exports.
+(and ``mqsync.errors`` and ``mqsync.timeseries``), whatever the package's ``__init__`` re-exports.
 """
 
 from __future__ import annotations
