@@ -59,7 +59,6 @@ setup(
             "sysinfo = mqsync_plugins.sysinfo",
             "ipmi = mqsync_plugins.ipmi",
         ],
-        "pytest11": ["mqsync.pytest_plugin = mqsync.pytest_plugin"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

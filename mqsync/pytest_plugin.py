@@ -1,8 +1,8 @@
 """pytest plugin: a session-wide ``datalogger`` fixture that writes when the session ends.
 
-Installed mqsync registers it with pytest (entry point ``mqsync-datalogger``); without the entry
-point, enable it with ``-p mqsync.pytest_plugin`` or ``pytest_plugins = ["mqsync.pytest_plugin"]``
-in the top-level conftest.py. Then::
+The plugin is opt-in: installing mqsync adds nothing to other projects' pytest runs.
+Enable it with ``-p mqsync.pytest_plugin`` on the command line or
+``pytest_plugins = ["mqsync.pytest_plugin"]`` in the top-level conftest.py. Then::
 
     def test_upload(datalogger):
         with datalogger.measure_block(UPLOAD, DURATION, TagMap.build(HOST, "node01")):

@@ -966,6 +966,19 @@ def test_pytest_plugin_writes_at_the_end_of_the_session(pytester):
     assert len(lp.read_text().splitlines()) == 2
 
 
+def test_pytest_plugin_is_opt_in(pytester):
+    # installing mqsync must not add fixtures or options to every pytest run
+    pytester.makepyfile(textwrap.dedent("""
+        def test_it(datalogger):
+            pass
+    """))
+    result = pytester.runpytest_inprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'datalogger' not found*"])
+    assert pytester.runpytest_inprocess("--datalogger-json=x").ret == pytest.ExitCode.USAGE_ERROR
+    pytester.runpytest_inprocess("-p", "mqsync.pytest_plugin").assert_outcomes(passed=1)
+
+
 def test_pytest_plugin_writers_can_come_from_a_fixture(pytester):
     pytester.makeconftest(textwrap.dedent("""
         import pytest
