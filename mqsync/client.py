@@ -9,6 +9,7 @@ the IO thread and wait for the reply with a timeout, in the caller's thread.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import signal
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ._log import Throttled
@@ -323,29 +324,58 @@ class Client(RPCDispatcher):
         Raises:
             ConnectFailed: the start failed, or the connection was lost for good.
         """
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for name in catch_signals:
-                signum = getattr(signal, name)
-                previous[signum] = signal.signal(signum, self._on_signal)
         try:
-            self.start()
-            while not self._stopped_event.wait(0.5) and self._failure is None:
-                pass
+            with self._stopping_on(catch_signals):
+                self.start()
+                while not self._stopped_event.wait(0.5) and self._failure is None:
+                    pass
         finally:
             self.stop()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
         if self._failure is not None:
             raise self._failure
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        logger.info("%s: received %s, stopping", self.token, signal.Signals(signum).name)
-        self._stopped_event.set()
+    def wait(self, timeout: float | None = None,
+             catch_signals: Iterable[str] = ("SIGINT", "SIGTERM")) -> bool:
+        """Block until the client stopped (or failed); return whether it did in time.
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the client stopped (or failed); return whether it did in time."""
-        return self._stopped_event.wait(timeout)
+        Called from the main thread, a signal in ``catch_signals`` (Ctrl-C, ``kill``)
+        stops the client and ends the wait, returning True, instead of raising
+        ``KeyboardInterrupt`` out of the wait; ``catch_signals=()`` leaves the signals
+        alone.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._stopping_on(catch_signals) as signalled:
+            # in slices: a signal handler runs only between the main thread's bytecodes
+            while not self._stopped_event.wait(0.5 if deadline is None
+                                               else min(0.5, time_left(deadline))):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        if signalled:
+            self.stop()
+        return self._stopped_event.is_set()
+
+    @contextlib.contextmanager
+    def _stopping_on(self, names: Iterable[str]) -> Iterator[list[str]]:
+        """While in the block, the signals ``names`` end the client's wait (main thread
+        only); yields the list of signals received."""
+        received: list[str] = []
+        previous: dict[int, Any] = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            logger.info("%s: received %s, stopping", self.token, name)
+            received.append(name)
+            self._stopped_event.set()
+
+        if threading.current_thread() is threading.main_thread():
+            for name in names:
+                signum = getattr(signal, name)
+                previous[signum] = signal.signal(signum, on_signal)
+        try:
+            yield received
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def __enter__(self) -> Client:
         self.start()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -131,3 +135,54 @@ def test_run_returns_after_stop_from_another_thread(unique):
     client.run()
     stopper.join()
     assert not client.running
+
+
+def test_wait_ends_on_a_signal_and_stops_the_client(unique):
+    before = signal.getsignal(signal.SIGINT)
+    with mqsync.Client(f"waiter-{unique}") as client:
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        assert client.wait(timeout=30) is True  # no KeyboardInterrupt
+        timer.join()
+        assert not client.running
+    assert signal.getsignal(signal.SIGINT) is before
+    with mqsync.Client(f"waiter-{unique}") as client:
+        assert client.wait(timeout=0.2) is False
+        assert client.running
+
+
+README_PRINTER = """
+import sys
+import mqsync
+
+url = sys.argv[1]
+
+class Printer(mqsync.Sink):
+    def on_data(self, metric, timestamp, value):
+        print(timestamp, metric, value, flush=True)
+
+with Printer("sink-printer", url) as sink:
+    sink.subscribe(["room.temperature"])
+    print("subscribed", flush=True)
+    sink.wait()
+"""
+
+
+def test_the_readme_printer_ends_quietly_on_ctrl_c(manager, tmp_path):
+    script = tmp_path / "printer.py"
+    script.write_text(README_PRINTER)
+    process = subprocess.Popen([sys.executable, str(script), manager.url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "subscribed\n"
+        with mqsync.Source(f"room-{os.getpid()}", manager.url) as source:
+            source.send("room.temperature", mqsync.Timestamp(10**18), 21.5)
+            source.flush()
+        assert "room.temperature 21.5" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
