@@ -1,38 +1,57 @@
 """A standalone store-and-stream buffer: rows in SQLite, sent periodically.
 
-This is the ``SqliteDataStreamer`` idea with Pythonic names. Define *storages* (tables
-of named columns after a ``timestamp``), :meth:`~DataStreamer.store` rows in them, and
-:meth:`~DataStreamer.stream` a storage: every ``period`` seconds the rows stored since
-the last successful send are passed to a ``formatter`` and its result to a
-``destination``. Call :meth:`~DataStreamer.do_updates` from your own loop (it returns when
-it next wants to be called), or let :meth:`~DataStreamer.start` run it on a thread.
+Define *storages* (tables of named columns after a ``timestamp``), store rows in them, and
+stream a storage: every ``period`` seconds the rows stored since the last successful send
+are passed to a ``formatter`` and its result is sent on. The module has two faces over one
+mechanism:
 
-=====================================  ==========================================
-seed                                   here
-=====================================  ==========================================
-``SqliteDataStreamer(sqlitename=)``    ``DataStreamer(path)``
-``addStorage(name, keys, types)``      ``add_storage(name, {key: type, ...})``
-``storeData(name, time, *values)``     ``store(name, *values, timestamp=None)``
-``stream(name, ..., sqlfilter=)``      ``stream(name, destination, period, formatter,
-                                       where=predicate)``
-``doUpdates(now, messenger)``          ``do_updates(now=None)``
-``stopStream(name)`` → userdata        ``stop_stream(name)`` → userdata
-=====================================  ==========================================
+- :class:`DataStreamer`, with Pythonic names: a stream sends to a ``destination``
+  callable; call :meth:`~DataStreamer.do_updates` from your own loop (it returns when it
+  next wants to be called), or let :meth:`~DataStreamer.start` run it on a thread.
+- :class:`SqliteDataStreamer`, the seed's API as it stands, so that an agent written for
+  it runs with only its import changed: a stream is addressed to nodes, groups and docks,
+  and :meth:`~SqliteDataStreamer.doUpdates` hands each payload to ``messenger.send`` as a
+  :class:`StreamMessage`. It is a thin adapter over a :class:`DataStreamer`.
 
-Filtering is a Python predicate on each row, not SQL text (the seed's ``sqlfilter``):
-no caller-supplied SQL ever reaches the database, so there is nothing to inject and
-nothing that can break the streamer's own ``WHERE`` clause (an unparenthesised ``OR``
-would silently resend old rows). Only rows newer than the last send are read, so
-filtering them in Python costs little.
+==========================================  ============================================
+seed: ``SqliteDataStreamer``                 Pythonic: ``DataStreamer``
+==========================================  ============================================
+``SqliteDataStreamer(sqlitename=)``          ``DataStreamer(path)``
+``threadHack=True``                          (always thread-safe; accepted and ignored)
+``addStorage(key, keys, types)``             ``add_storage(name, {key: type, ...})``
+``storeData(key, time, *values)``            ``store(name, *values, timestamp=None)``
+``stream(key, nodes, groups, docks, ...)``   ``stream(name, destination, period, formatter,
+                                             after_id=0)``
+rows stored before ``stream()`` are sent     only with ``after_id=0`` (default: from now on)
+``sqlfilter="level >= 30"`` (SQL text)       ``where=lambda row: row[3] >= 30``
+``formatter(streamer, rows, userdata)``      ``formatter(rows, userdata)``
+``doUpdates(now, messenger)``                ``do_updates(now=None)``
+``messenger.send(StreamMessage)``            ``destination(payload)``
+``stopStream(key)`` → userdata               ``stop_stream(name)`` → userdata
+==========================================  ============================================
 
-A destination (or formatter) that raises loses nothing: the error is logged with its
-traceback, counted in :attr:`StreamStatus.failures`, and the same rows are sent again at
-the next period. Rows are kept after sending; :meth:`~DataStreamer.purge` deletes old
+A seed stream starts at the first row of its storage: rows stored before ``stream()``
+are sent (with a database file, also those of earlier runs; delete old ones with
+``streamer.purge``). A Pythonic stream starts after the rows already stored unless given
+``after_id=0``.
+
+Filtering: the Pythonic ``where`` is a Python predicate on each row, so no caller-supplied
+SQL ever reaches the database. The seed's ``sqlfilter`` is SQL text and is trusted: it
+must be the application's own condition, written in its code, never built from input that
+came over the network (format numbers with ``int()``; for anything else use ``where``). It
+is checked when the stream is created and runs on a sub-select that already holds the
+streamer's own condition, so an ``OR``, a parenthesis or a ``--`` comment in it cannot widen
+that condition and resend old rows; the returned row ids are checked again in Python.
+
+A destination, messenger or formatter that raises loses nothing: the error is logged with
+its traceback, counted in :attr:`StreamStatus.failures`, and the same rows are sent again
+at the next period. Rows are kept after sending; :meth:`~DataStreamer.purge` deletes old
 ones.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -41,14 +60,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, NoReturn, Sequence, Tuple, Union
 
 import attrs
 
 from mqsync.errors import ConfigError, MqsyncError
 from mqsync.state import _move_aside
 
-__all__ = ["DataStreamer", "StreamStatus", "StreamerError"]
+__all__ = ["DataStreamer", "SqliteDataStreamer", "StreamMessage", "StreamStatus", "StreamerError"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +126,7 @@ class _Stream:
     last_id: int
     next_due: float
     max_rows: int | None
+    sql_filter: str | None = None
     sent_batches: int = 0
     sent_rows: int = 0
     failures: int = 0
@@ -133,6 +153,22 @@ def _sql_type(column: str, declared: ColumnType) -> str:
         f"invalid type {declared!r} for column {column!r}: expected one of "
         f"{', '.join(sorted(_SQL_TYPES))} or int, float, str, bytes, bool"
     )
+
+
+def _select_query(name: str, columns: Sequence[str], sql_filter: str | None) -> str:
+    """The select of a stream's rows: ``_id`` and ``columns`` of the rows with
+    ``? < _id <= ?`` (and the filter), oldest first, at most ``?`` of them."""
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    own = f'SELECT "_id", {quoted} FROM "{name}" WHERE "_id" > ? AND "_id" <= ?'
+    if sql_filter is None:
+        return f'{own} ORDER BY "_id" LIMIT ?'
+    # The application's condition filters a sub-select that holds the streamer's own, on
+    # lines of its own: no OR, parenthesis or -- comment in it can reach or widen that one.
+    return f'SELECT * FROM ({own}) WHERE (\n{sql_filter}\n) ORDER BY "_id" LIMIT ?'
+
+
+def _call_destination(stream: _Stream, payload: Any) -> object:
+    return stream.destination(payload)
 
 
 def _next_deadline(due: float, period: float, now: float) -> float:
@@ -335,20 +371,63 @@ class DataStreamer:
         :meth:`columns` order) that ``where(row)`` accepts are passed as a list to
         ``formatter(rows, userdata)``, and its result to ``destination``. Nothing is sent
         when there are no new rows. ``after_id`` starts after that row id (``0``: all
-        rows already stored; ``None``, the default: only rows stored from now on);
-        ``max_rows`` bounds one send.
+        rows already stored, as the seed's ``stream`` does; ``None``, the default: only
+        rows stored from now on); ``max_rows`` bounds one send.
 
         :raises KeyError: no such storage.
         :raises ValueError: the storage is already streamed, or ``period`` is not > 0.
+        :raises TypeError: ``destination`` or ``formatter`` is not callable.
+        """
+        self._add_stream(
+            name,
+            destination,
+            period,
+            formatter,
+            where=where,
+            sql_filter=None,
+            userdata=userdata,
+            after_id=after_id,
+            max_rows=max_rows,
+        )
+
+    def _add_stream(
+        self,
+        name: str,
+        destination: Callable[[Any], object],
+        period: float,
+        formatter: Callable[[list[Row], Any], Any],
+        *,
+        where: Callable[[Row], bool] | None,
+        sql_filter: str | None,
+        userdata: Any,
+        after_id: int | None,
+        max_rows: int | None,
+    ) -> None:
+        """Check a stream of either API and add it; ``sql_filter`` is trusted SQL text.
+
+        :raises ConfigError: ``sql_filter`` is not a valid condition on the storage.
         """
         if not period > 0:
             raise ValueError(f"invalid stream period {period!r}: expected seconds > 0")
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"invalid max_rows {max_rows!r}: expected an int >= 1 or None")
+        for kind, function in (("destination", destination), ("formatter", formatter)):
+            if not callable(function):
+                raise TypeError(f"invalid {kind} {function!r}: expected a callable")
         with self._lock:
-            self._columns_of(name)
+            columns = self._columns_of(name)
             if name in self._streams:
                 raise ValueError(f"storage {name!r} is already streamed; stop_stream() it first")
+            if sql_filter is not None:
+                try:  # prepared once here, so a mistake shows now and not at every period
+                    self._connection().execute(
+                        _select_query(name, columns, sql_filter), (0, 0, 0)
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    raise ConfigError(
+                        f"invalid sqlfilter {sql_filter!r} for storage {name!r}: {exc}; "
+                        f"expected an SQL condition on {', '.join(columns)}"
+                    ) from exc
             if after_id is None:
                 row = self._connection().execute(f'SELECT max("_id") FROM "{name}"').fetchone()
                 after_id = row[0] or 0
@@ -362,6 +441,7 @@ class DataStreamer:
                 last_id=after_id,
                 next_due=self._clock() + period,
                 max_rows=max_rows,
+                sql_filter=sql_filter,
             )
         self._wake.set()
 
@@ -386,33 +466,38 @@ class DataStreamer:
                 s.name, s.period, s.last_id, s.next_due, s.sent_batches, s.sent_rows, s.failures
             )
 
-    def _send(self, stream: _Stream) -> None:
+    def _send(self, stream: _Stream, deliver: Callable[[_Stream, Any], object]) -> None:
         with self._lock:
             if self._streams.get(stream.name) is not stream:
                 return  # stopped meanwhile
-            columns = self._storages[stream.name]
-            quoted = ", ".join(f'"{column}"' for column in columns)
+            after = stream.last_id
+            query = _select_query(stream.name, self._storages[stream.name], stream.sql_filter)
+            limit = -1 if stream.max_rows is None else stream.max_rows
             try:
-                fetched = (
-                    self._connection()
-                    .execute(
-                        f'SELECT "_id", {quoted} FROM "{stream.name}" WHERE "_id" > ?'
-                        ' ORDER BY "_id" LIMIT ?',
-                        (stream.last_id, -1 if stream.max_rows is None else stream.max_rows),
-                    )
-                    .fetchall()
-                )
+                conn = self._connection()
+                newest = conn.execute(f'SELECT max("_id") FROM "{stream.name}"').fetchone()[0]
+                if newest is None or newest <= after:
+                    return
+                fetched = conn.execute(query, (after, newest, limit)).fetchall()
             except sqlite3.Error as exc:
                 raise StreamerError(f"cannot read storage {stream.name!r}: {exc}") from exc
-        if not fetched:
-            return
-        last_id = fetched[-1][0]
+        limited = stream.max_rows is not None and len(fetched) >= stream.max_rows
+        # Checked again here so that not even a UNION in an sqlfilter can resend a row.
+        fetched = [row for row in fetched if after < row[0] <= newest]
+        # Rows an sqlfilter left out were looked at too: unless max_rows cut the read
+        # short, the stream moves past every row up to ``newest``.
+        if not limited:
+            examined = newest
+        elif fetched:
+            examined = fetched[-1][0]
+        else:
+            examined = after
         rows = [tuple(row[1:]) for row in fetched]
         try:
             if stream.where is not None:
                 rows = [row for row in rows if stream.where(row)]
             if rows:
-                stream.destination(stream.formatter(rows, stream.userdata))
+                deliver(stream, stream.formatter(rows, stream.userdata))
         except Exception:
             with self._lock:
                 stream.failures += 1
@@ -426,7 +511,7 @@ class DataStreamer:
             )
             return
         with self._lock:
-            stream.last_id = last_id
+            stream.last_id = examined
             if rows:
                 stream.sent_batches += 1
                 stream.sent_rows += len(rows)
@@ -438,12 +523,18 @@ class DataStreamer:
         After a missed period the schedule skips to its next future slot; it does not
         send a burst to catch up.
         """
+        return self._update(now, force, _call_destination)
+
+    def _update(
+        self, now: float | None, force: bool, deliver: Callable[[_Stream, Any], object]
+    ) -> float | None:
+        """:meth:`do_updates`, handing each payload to ``deliver(stream, payload)``."""
         with self._update_lock:
             now = self._clock() if now is None else now
             with self._lock:
                 due = [s for s in self._streams.values() if force or s.next_due <= now]
             for stream in due:
-                self._send(stream)
+                self._send(stream, deliver)
                 with self._lock:
                     if stream.next_due <= now:
                         stream.next_due = _next_deadline(stream.next_due, stream.period, now)
@@ -508,6 +599,225 @@ class DataStreamer:
             conn.close()
 
     def __enter__(self) -> DataStreamer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# -- the seed's API ------------------------------------------------------------------------
+
+
+def _as_names(value: Any) -> Any:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        return value  # not iterable: _check_names says what is wrong
+
+
+def _check_names(_instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(name, str) for name in value):
+        raise TypeError(
+            f"invalid {attribute.name} {value!r}: expected a name, a list of names or None"
+        )
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+@attrs.frozen
+class StreamMessage:
+    """What :meth:`SqliteDataStreamer.doUpdates` hands to ``messenger.send``.
+
+    ``nodes``, ``groups`` and ``docks`` are the stream's destination, each a tuple of names
+    (given as a list, one name or None); ``data`` is what the stream's formatter returned.
+
+    :raises TypeError: a destination is not a name, a list of names or None.
+    """
+
+    nodes: tuple[str, ...] = attrs.field(converter=_as_names, validator=_check_names)
+    groups: tuple[str, ...] = attrs.field(converter=_as_names, validator=_check_names)
+    docks: tuple[str, ...] = attrs.field(converter=_as_names, validator=_check_names)
+    data: Any = attrs.field(default=None, repr=_short_repr)
+
+
+@attrs.frozen
+class _MessengerRoute:
+    """The destination of a :class:`SqliteDataStreamer` stream: it needs the messenger
+    that :meth:`SqliteDataStreamer.doUpdates` is given."""
+
+    address: StreamMessage
+
+    def message(self, payload: Any) -> StreamMessage:
+        return attrs.evolve(self.address, data=payload)
+
+    def __call__(self, payload: Any) -> NoReturn:
+        # Reached through DataStreamer.do_updates, flush or start: the rows stay stored.
+        raise StreamerError(
+            "this stream was made by SqliteDataStreamer.stream and sends through a "
+            "messenger: run it with SqliteDataStreamer.doUpdates(now, messenger)"
+        )
+
+
+class SqliteDataStreamer:
+    """The seed's store-and-stream API as it stands, over a :class:`DataStreamer`.
+
+    An agent written for the seed runs with only its import changed::
+
+        logstream = SqliteDataStreamer(sqlitename="logging.db", threadHack=True)
+        logstream.addStorage("logkey", keys, types)
+        logstream.storeData("logkey", time.time(), *values)
+        logstream.stream("logkey", nodes, groups, docks, period, formatter,
+                         sqlfilter="level >= 30", userdata=userdata)
+        nexttime = logstream.doUpdates(time.time(), messenger)
+        userdata = logstream.stopStream("logkey")
+
+    :param sqlitename: the database file (WAL mode), or ``":memory:"``.
+    :param threadHack: accepted and ignored. The seed needed it to use its SQLite
+        connection from several threads; here the one connection is always opened for
+        that (``check_same_thread=False``) and every use of it is serialised by the
+        streamer's lock, while formatters and messengers run outside the lock. Every
+        method may be called from any thread, with ``":memory:"`` too.
+    :param clock: seconds since the epoch, for due times (not in the seed).
+    :raises StreamerError: the database cannot be opened.
+
+    The seed's methods keep their names and arguments; :attr:`streamer` is the
+    :class:`DataStreamer` underneath, for what the seed lacks (``purge``,
+    ``stream_status``). :meth:`close` (or a ``with`` block) closes the database.
+    """
+
+    def __init__(
+        self,
+        sqlitename: str | os.PathLike[str] = ":memory:",
+        threadHack: bool = False,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.threadHack = threadHack
+        self._streamer = DataStreamer(sqlitename, clock=clock)
+
+    @property
+    def streamer(self) -> DataStreamer:
+        """The :class:`DataStreamer` that stores and sends for this one."""
+        return self._streamer
+
+    def addStorage(self, key: str, keys: Sequence[str], types: Sequence[ColumnType]) -> None:
+        """Create the storage ``key`` with the columns ``keys`` of the SQL ``types``
+        (two parallel lists; ``'VARCHAR'``, ``'INTEGER'``, ...), after a timestamp. An
+        existing table must have the same columns.
+
+        :raises ConfigError: the lists differ in length, or as
+            :meth:`DataStreamer.add_storage`.
+        """
+        if isinstance(keys, str) or isinstance(types, str):
+            raise ConfigError(
+                f"invalid keys {keys!r} or types {types!r} for storage {key!r}: expected two lists"
+            )
+        keys, types = list(keys), list(types)
+        if len(keys) != len(types):
+            raise ConfigError(
+                f"storage {key!r} has {len(keys)} keys {keys} but {len(types)} types "
+                f"{types}: expected one type per key"
+            )
+        self._streamer.add_storage(key, list(zip(keys, types)))
+
+    def storeData(self, key: str, timestamp: float | None, *values: Any) -> int:
+        """Store one row: ``timestamp`` (None: now), then the values in the order of the
+        storage's keys. Return the row id.
+
+        :raises KeyError: no such storage.
+        :raises ValueError: the number of values does not match the keys.
+        :raises StreamerError: the write failed.
+        """
+        return self._streamer.store(key, *values, timestamp=timestamp)
+
+    def stream(
+        self,
+        key: str,
+        dstnodes: Sequence[str] | str | None,
+        dstgroups: Sequence[str] | str | None,
+        docks: Sequence[str] | str | None,
+        period: float,
+        formatter: Callable[[SqliteDataStreamer, list[Row], Any], Any],
+        sqlfilter: str | None = None,
+        userdata: Any = None,
+    ) -> None:
+        """Send the rows of storage ``key`` every ``period`` seconds, starting with the
+        rows already stored.
+
+        At each due :meth:`doUpdates` the rows not sent yet that ``sqlfilter`` accepts
+        (each a tuple: timestamp, then the values in key order) are passed as a list to
+        ``formatter(streamer, rows, userdata)``, and a :class:`StreamMessage` with its
+        result as ``data`` to ``messenger.send``. Nothing is sent when there are no such
+        rows.
+
+        ``sqlfilter`` is an SQL condition on the storage's columns (``"level >= 30"``),
+        appended to the select in parentheses. It is the application's own SQL: never
+        build it from input that came over the network.
+
+        :raises KeyError: no such storage.
+        :raises ValueError: the storage is already streamed, or ``period`` is not > 0.
+        :raises ConfigError: ``sqlfilter`` is not a valid condition on the storage.
+        :raises TypeError: a destination is not a name, a list of names or None, or
+            ``formatter`` is not callable.
+        """
+        route = _MessengerRoute(StreamMessage(dstnodes, dstgroups, docks))
+        if not callable(formatter):
+            raise TypeError(f"invalid formatter {formatter!r}: expected a callable")
+        if sqlfilter is not None and not isinstance(sqlfilter, str):
+            raise TypeError(f"invalid sqlfilter {sqlfilter!r}: expected SQL text or None")
+        self._streamer._add_stream(
+            key,
+            route,
+            period,
+            functools.partial(formatter, self),
+            where=None,
+            sql_filter=sqlfilter if sqlfilter and sqlfilter.strip() else None,
+            userdata=userdata,
+            after_id=0,
+            max_rows=None,
+        )
+
+    def doUpdates(self, now: float | None, messenger: Any) -> float | None:
+        """Send every stream that is due at ``now``: each payload goes to
+        ``messenger.send(StreamMessage)``. A send or formatter that raises is logged and
+        counted, and its rows are sent again at the next period.
+
+        ``now`` (None: the clock) and the result are seconds on the streamer's clock,
+        ``time.time()`` unless ``clock`` was given. Return when a stream is next due, or
+        None when nothing is streamed (then call again when you start a stream, or once a
+        second).
+
+        :raises TypeError: ``messenger`` has no ``send`` method.
+        :raises StreamerError: the database cannot be read.
+        """
+        send = getattr(messenger, "send", None)
+        if not callable(send):
+            raise TypeError(f"invalid messenger {messenger!r}: expected a send(message) method")
+
+        def deliver(stream: _Stream, payload: Any) -> object:
+            if isinstance(stream.destination, _MessengerRoute):
+                return send(stream.destination.message(payload))
+            return stream.destination(payload)  # a stream added through .streamer
+
+        return self._streamer._update(now, False, deliver)
+
+    def stopStream(self, key: str) -> Any:
+        """Stop streaming storage ``key`` and return the ``userdata`` given to
+        :meth:`stream`. Rows not sent yet stay stored. Raises KeyError if not streamed."""
+        return self._streamer.stop_stream(key)
+
+    def close(self) -> None:
+        """Close the database (idempotent). Does not send what is left."""
+        self._streamer.close()
+
+    def __enter__(self) -> SqliteDataStreamer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

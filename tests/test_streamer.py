@@ -42,7 +42,13 @@ def formatter(rows, userdata):
 
 
 def test_public_names_are_in_all():
-    assert set(streamer_module.__all__) == {"DataStreamer", "StreamStatus", "StreamerError"}
+    assert set(streamer_module.__all__) == {
+        "DataStreamer",
+        "SqliteDataStreamer",
+        "StreamMessage",
+        "StreamStatus",
+        "StreamerError",
+    }
 
 
 def test_storage_columns_and_store(streamer, clock):
