@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..client import check_metric_name
 from ..errors import ConnectFailed, MqsyncError
@@ -249,45 +249,109 @@ def _json_number(value: float | None) -> float | str | None:
     return str(value)
 
 
-def _seconds(value: float) -> str:
-    magnitude = abs(value)
-    if magnitude == 0 or magnitude >= 1:
-        return f"{value:.4g} s"
-    if magnitude >= 1e-3:
-        return f"{value * 1e3:.4g} ms"
-    return f"{value * 1e6:.4g} us"
+#: The interval histogram is one line when every interval is within this fraction of the
+#: median: ten bins of jitter say less than "1 s, all within 0.005 %".
+MERGE_WITHIN = 0.01
+
+Render = Callable[[float, int], str]
+"""Renders a number with a number of significant digits."""
+
+
+def _seconds_render(values: Sequence[float]) -> Render:
+    """Renders seconds in the one unit (s, ms or us) that suits the largest of ``values``."""
+    largest = max((abs(value) for value in values), default=0.0)
+    scale, unit = 1e-6, "us"
+    for candidate_scale, candidate_unit in ((1.0, "s"), (1e-3, "ms")):
+        # rounded first, so that 0.99996 s is "1 s", not "1000 ms"
+        if largest == 0 or float(f"{largest / candidate_scale:.4g}") >= 1:
+            scale, unit = candidate_scale, candidate_unit
+            break
+    return lambda value, digits: f"{value / scale:.{digits}g} {unit}"
+
+
+def _number_render(values: Sequence[float]) -> Render:
+    return lambda value, digits: f"{value:.{digits}g}"
+
+
+def _labels(
+    values: Sequence[float], render: Render, digits: int, distinct: Sequence[float] | None = None
+) -> list[str]:
+    """``values`` rendered with ``digits`` significant digits, or more where needed so that
+    any two of ``distinct`` (default: ``values``) that differ print differently."""
+    for precision in range(digits, 18):
+        first_value_of: dict[str, float] = {}
+        if all(
+            first_value_of.setdefault(render(value, precision), value) == value
+            for value in (values if distinct is None else distinct)
+        ):
+            break
+    return [render(value, precision) for value in values]
+
+
+def _steps(low: float, high: float) -> list[float]:
+    """``low`` to ``high`` in :data:`HISTOGRAM_BINS` equal steps: labels that tell these
+    apart resolve a tenth of the spread, as the histogram does."""
+    return [low + (high - low) * i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
 
 
 def _number(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _summary_line(name: str, summary: dict[str, Any], fmt: Any) -> str:
+def _summary_line(
+    name: str, summary: dict[str, Any], make_render: Callable[..., Render], digits: int
+) -> str:
     if not summary.get("count"):
         return f"{name}: none"
+    figures = [summary["min"], summary["median"], summary["mean"], summary["max"]]
+    low, median, mean, high = _labels(
+        figures, make_render(figures), digits, distinct=_steps(figures[0], figures[-1])
+    )
     return (
-        f"{name}: min {fmt(summary['min'])}, median {fmt(summary['median'])}, "
-        f"mean {fmt(summary['mean'])}, max {fmt(summary['max'])} "
-        f"({summary['count']} in all)"
+        f"{name}: min {low}, median {median}, mean {mean}, max {high} ({summary['count']} in all)"
     )
 
 
-def _bars(bins: list[dict[str, float]], fmt: Any) -> list[str]:
+def _bars(labels: Sequence[str], counts: Sequence[int]) -> list[str]:
+    most = max(counts, default=0) or 1
+    width = max((len(label) for label in labels), default=0)
+    return [
+        f"  {label.rjust(width)}  {'#' * round(BAR_WIDTH * count / most):<{BAR_WIDTH}}  {count}"
+        for label, count in zip(labels, counts)
+    ]
+
+
+def _histogram_lines(
+    bins: list[dict[str, float]], make_render: Callable[..., Render], digits: int
+) -> list[str]:
+    """One bar per bin, labelled ``low .. high`` with as many digits as it takes for
+    neighbouring bins to read differently."""
     if not bins:
         return []
-    most = max(entry["count"] for entry in bins) or 1
+    edges = [bins[0]["low"]] + [entry["high"] for entry in bins]
+    shown = _labels(edges, make_render(edges), digits)
     labels = [
-        fmt(entry["low"])
-        if entry["low"] == entry["high"]
-        else f"{fmt(entry['low'])} .. {fmt(entry['high'])}"
-        for entry in bins
+        shown[i] if entry["low"] == entry["high"] else f"{shown[i]} .. {shown[i + 1]}"
+        for i, entry in enumerate(bins)
     ]
-    width = max(len(label) for label in labels)
-    return [
-        f"  {label.rjust(width)}  "
-        f"{'#' * round(BAR_WIDTH * entry['count'] / most):<{BAR_WIDTH}}  {entry['count']}"
-        for label, entry in zip(labels, bins)
-    ]
+    return _bars(labels, [int(entry["count"]) for entry in bins])
+
+
+def _interval_lines(summary: dict[str, Any]) -> list[str]:
+    """The interval histogram; a single line when all intervals are within
+    :data:`MERGE_WITHIN` of the median."""
+    bins = summary.get("histogram", [])
+    if not bins:
+        return []
+    low, high, median = bins[0]["low"], bins[-1]["high"], summary["median"]
+    deviation = max(median - low, high - median)
+    if not (median > 0 and high > low and deviation <= MERGE_WITHIN * median):
+        return _histogram_lines(bins, _seconds_render, 4)
+    label = " .. ".join(
+        _labels([low, high], _seconds_render([low, high]), 4, distinct=_steps(low, high))
+    )
+    line = _bars([label], [sum(int(entry["count"]) for entry in bins)])[0]
+    return [f"{line}  (all within {deviation / median * 100:.2g} % of the median)"]
 
 
 def format_report(metric: str, metadata: dict[str, Any], report: dict[str, Any]) -> str:
@@ -318,25 +382,21 @@ def format_report(metric: str, metadata: dict[str, Any], report: dict[str, Any])
     )
     counts = sizes["counts"]
     if len(counts) <= HISTOGRAM_BINS:
-        lines += _bars(
-            [
-                {"low": int(size), "high": int(size), "count": count}
-                for size, count in counts.items()
-            ],
-            str,
-        )
+        lines += _bars(list(counts), list(counts.values()))
     lines.append(
-        _summary_line("intervals", report["intervals_s"], _seconds)
+        _summary_line("intervals", report["intervals_s"], _seconds_render, 4)
         + (f"; {report['not_increasing']} not increasing" if report["not_increasing"] else "")
     )
-    lines += _bars(report["intervals_s"].get("histogram", []), _seconds)
-    lines.append(_summary_line("values", report["values"], _number))
-    lines += _bars(report["values"].get("histogram", []), _number)
+    lines += _interval_lines(report["intervals_s"])
+    lines.append(_summary_line("values", report["values"], _number_render, 6))
+    lines += _histogram_lines(report["values"].get("histogram", []), _number_render, 6)
     lines.append(
         f"NaN: {report['nan']}, +inf: {report['positive_infinity']}, "
         f"-inf: {report['negative_infinity']}"
     )
-    lines.append(_summary_line("delay (arrival - point time)", report["delay_s"], _seconds))
+    lines.append(
+        _summary_line("delay (arrival - point time)", report["delay_s"], _seconds_render, 4)
+    )
     return "\n".join(lines)
 
 

@@ -30,7 +30,14 @@ from typing import Any, Iterator, Sequence
 from .. import embedded
 from .._version import __version__
 from ..errors import ConnectFailed, MqsyncError, RPCError, RPCTimeout
-from ..measure import Measurement, Window, format_table, plot_measurement, plotting_available
+from ..measure import (
+    Measurement,
+    MetricSummary,
+    Window,
+    format_table,
+    plot_measurement,
+    plotting_available,
+)
 from ..subscription import Subscriber
 from ..timeseries import Timedelta, Timestamp
 from ._common import (
@@ -240,44 +247,47 @@ def _measure(args: argparse.Namespace, command: list[str], settings: _Settings) 
     except (TypeError, ValueError) as error:
         print(f"mqsync-measure: {error}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        subscriber.__enter__()
-    except (ConnectFailed, RPCTimeout) as error:
-        print(
-            f"mqsync-measure: cannot subscribe, the command was not run: {error}", file=sys.stderr
-        )
-        return EXIT_CONNECT
-    except MqsyncError as error:
-        print(
-            f"mqsync-measure: the subscription failed, the command was not run: {error}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    try:
-        _check_metadata(subscriber, settings)
-        interrupt = threading.Event()
-        with _signals_set(interrupt):
-            interrupt.wait(settings.margin)
-        if interrupt.is_set():
-            print("mqsync-measure: interrupted before the command started", file=sys.stderr)
-            return EXIT_INTERRUPTED
+    with contextlib.ExitStack() as stack:
         try:
-            returncode, start, end = run_command(command)
-        except OSError as error:
+            stack.enter_context(subscriber)
+        except (ConnectFailed, RPCTimeout) as error:
             print(
-                f"mqsync-measure: cannot run {command[0]!r}: {error.strerror or error}",
+                f"mqsync-measure: cannot subscribe, the command was not run: {error}",
                 file=sys.stderr,
             )
-            return EXIT_NOT_STARTED
-        exit_code = returncode if returncode >= 0 else 128 - returncode
-        with _signals_set(interrupt):
-            # A signal now only cuts the wait short: collect what is there.
-            interrupt.wait(settings.margin + settings.settle)
-        window = Window.of(start, end, settings.margin)
-        status = _collect(subscriber, window, command, exit_code, settings)
-        return exit_code if exit_code != EXIT_OK or status == EXIT_OK else status
-    finally:
-        subscriber.__exit__(None, None, None)
+            return EXIT_CONNECT
+        except MqsyncError as error:
+            print(
+                f"mqsync-measure: the subscription failed, the command was not run: {error}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        return _run_and_collect(subscriber, command, settings)
+
+
+def _run_and_collect(subscriber: Subscriber, command: list[str], settings: _Settings) -> int:
+    """Wait the margin, run the command, wait the margin and the settling time, collect."""
+    _check_metadata(subscriber, settings)
+    interrupt = threading.Event()
+    with _signals_set(interrupt):
+        interrupt.wait(settings.margin)
+    if interrupt.is_set():
+        print("mqsync-measure: interrupted before the command started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        returncode, start, end = run_command(command)
+    except OSError as error:
+        print(
+            f"mqsync-measure: cannot run {command[0]!r}: {error.strerror or error}", file=sys.stderr
+        )
+        return EXIT_NOT_STARTED
+    exit_code = returncode if returncode >= 0 else 128 - returncode
+    with _signals_set(interrupt):
+        # A signal now only cuts the wait short: collect what is there.
+        interrupt.wait(settings.margin + settings.settle)
+    window = Window.of(start, end, settings.margin)
+    status = _collect(subscriber, window, command, exit_code, settings)
+    return exit_code if exit_code != EXIT_OK or status == EXIT_OK else status
 
 
 def _check_metadata(subscriber: Subscriber, settings: _Settings) -> None:
@@ -470,29 +480,53 @@ def _collect(
             status = EXIT_FAILURE
 
     print(
-        f"\nmqsync-measure: {shlex.join(command)} ran {window.duration_s:.3f} s, exit code "
+        f"mqsync-measure: {shlex.join(command)} ran {window.duration_s:.3f} s, exit code "
         f"{exit_code}; {kept} point(s) kept",
         file=sys.stderr,
     )
     print(format_table(summaries), file=sys.stderr)
-    for summary in summaries:
-        if summary.count == 0:
-            print(
-                f"mqsync-measure: no points of {summary.metric} in the run window "
-                "(is a source sending it?)",
-                file=sys.stderr,
-            )
-        elif summary.energy_j is not None and summary.coverage < 0.99:
-            print(
-                f"mqsync-measure: the energy of {summary.metric} covers only "
-                f"{summary.coverage * 100:.1f} % of the run (raise --margin?)",
-                file=sys.stderr,
-            )
+    for note in _notes(summaries, window):
+        print(f"mqsync-measure: {note}", file=sys.stderr)
     written = [str(csv_path), str(settings.summary_path)]
     if settings.plot_path is not None and status == EXIT_OK:
         written.append(str(settings.plot_path))
     print(f"mqsync-measure: wrote {', '.join(written)}", file=sys.stderr)
     return status
+
+
+def _notes(summaries: Sequence[MetricSummary], window: Window) -> list[str]:
+    """What the table does not say: metrics without points, and figures that rest on
+    points outside the run."""
+    notes = []
+    for summary in summaries:
+        metric = summary.metric
+        if summary.collected == 0:
+            notes.append(
+                f"no points of {metric} in the run window or its margins (is a source sending it?)"
+            )
+        elif summary.count == 0:
+            duration = f"{window.duration_s:.3g} s"
+            if summary.covered_s > 0:  # the run lies between two consecutive points
+                estimated = (
+                    "energy and coverage are" if summary.energy_j is not None else "coverage is"
+                )
+                notes.append(
+                    f"no point of {metric} during the run ({duration}, shorter than the "
+                    f"interval between its points): no min, max or mean; its {estimated} "
+                    "interpolated from the points just before and after the run"
+                )
+            else:
+                notes.append(
+                    f"no point of {metric} during the run ({duration}), and the "
+                    f"{summary.collected} in the margins do not cover it: no min, max, mean "
+                    "or energy (raise --margin or --settle?)"
+                )
+        if summary.energy_j is not None and summary.coverage < 0.99:
+            notes.append(
+                f"the energy of {metric} covers only {summary.coverage * 100:.1f} % "
+                "of the run (raise --margin?)"
+            )
+    return notes
 
 
 def _title(command: list[str], exit_code: int) -> str:
