@@ -19,9 +19,9 @@ a state as a small JSON document in a state directory:
 The format is JSON, never pickle: a state file is data, not code, and a human can read
 and repair it. Times (``datetime``, ``date``, ``timedelta``, :class:`~mqsync.Timestamp`,
 :class:`~mqsync.Timedelta`) are written as tagged objects such as
-``{"$datetime": "2026-11-29T01:02:03+00:00"}`` and load back exactly.  The document is wrapped in an envelope
-(``{"mqsync_state": 1, "saved_at": ..., "state": ...}``) so that a truncated file can
-never parse as a different, valid state.
+``{"$datetime": "2026-11-29T01:02:03+00:00"}`` and load back exactly. The document is
+wrapped in an envelope (``{"mqsync_state": 1, "saved_at": ..., "state": ...}``) so that a
+truncated file can never parse as a different, valid state.
 """
 
 from __future__ import annotations
