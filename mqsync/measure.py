@@ -439,7 +439,7 @@ def format_table(summaries: Sequence[MetricSummary]) -> str:
         rows.append((
             summary.metric, summary.unit or "-", str(summary.count), _number(summary.minimum),
             _number(summary.maximum), _number(summary.mean), _number(summary.energy_j),
-            f"{summary.coverage * 100:.1f} %",
+            _coverage(summary),
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = []
@@ -448,6 +448,12 @@ def format_table(summaries: Sequence[MetricSummary]) -> str:
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _coverage(summary: MetricSummary) -> str:
+    cell = f"{summary.coverage * 100:.1f} %"
+    # no point inside the run: what covers it are the points just before and after
+    return f"{cell} (interpolated)" if summary.count == 0 and summary.coverage > 0 else cell
 
 
 def _number(value: float | None) -> str:

@@ -229,6 +229,9 @@ def test_a_run_between_two_points_says_so(unique, tmp_path, capsys, monkeypatch)
     assert f"no points of {power}" not in err and "is a source sending it?" in err
     assert f"no points of {silent} in the run window or its margins" in err
     assert "\n\n" not in err and not err.startswith("\n"), err
+    # the table row, too: points 0, coverage marked as interpolated
+    row = next(line for line in err.splitlines() if line.startswith(power))
+    assert row.endswith("100.0 % (interpolated)"), row
 
 
 def test_points_only_before_a_run_leave_it_uncovered(unique, tmp_path, capsys, monkeypatch):

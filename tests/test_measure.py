@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -34,6 +35,7 @@ from mqsync.measure import (
     plot_measurement,
     power_factor,
 )
+from tests._rabbit_node import list_queues
 from tests.conftest import IN_CI
 
 S = 1_000_000_000
@@ -474,3 +476,16 @@ def test_measure_sleep_against_a_source_on_the_broker(manager, unique, tmp_path)
     assert by_metric[power]["energy_j"] == pytest.approx(expected.integral_s, rel=1e-12)
     image = _open_image(tmp_path / "plot.png")
     assert image.ndim == 3 and image.shape[0] > 200
+
+
+def test_a_command_that_cannot_start_leaves_no_subscription(manager, tmp_path, unique):
+    vhost = unquote(urlsplit(manager.url).path[1:])
+    token = f"measure-{unique}"
+    result = subprocess.run(
+        _measure_command(tmp_path, str(tmp_path / "no-such-program"),
+                         extra=("--url", manager.url, "--token", token)),
+        env=_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 127, result.stderr
+    assert "could not release" not in result.stderr
+    # released at once, not left to buffer for --expires
+    assert [name for name in list_queues(vhost) if name.startswith(token)] == []

@@ -262,7 +262,18 @@ def _measure(args: argparse.Namespace, command: list[str], settings: _Settings) 
                 file=sys.stderr,
             )
             return EXIT_FAILURE
+        # a run that never collected (the command did not start, Ctrl-C before it) frees
+        # the broker's buffer now instead of after --expires; after a collect: nothing to do
+        stack.callback(_release, subscriber)
         return _run_and_collect(subscriber, command, settings)
+
+
+def _release(subscriber: Subscriber) -> None:
+    try:
+        subscriber.release()
+    except MqsyncError as error:
+        print(f"mqsync-measure: could not release the subscription (the broker drops it "
+              f"after --expires): {error}", file=sys.stderr)
 
 
 def _run_and_collect(subscriber: Subscriber, command: list[str], settings: _Settings) -> int:
