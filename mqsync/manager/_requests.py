@@ -114,10 +114,13 @@ def metric_metadata(function: str, value: Any) -> dict[str, dict[str, Any]]:
 
 
 def selector(function: str, value: Any) -> str | list[str] | None:
-    """A regular expression or an array of metric names."""
+    """A regular expression or a non-empty array of metric names."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, list):
+        if not value:
+            raise InvalidRequest(f"{function}: 'selector' must not be an empty array: give "
+                                 "at least one metric name, or no selector", function=function)
         return metric_names(function, value, "selector")
     raise _refuse(function, "selector", "a regular expression (a string) or an array of "
                   "metric names", value)

@@ -23,6 +23,15 @@ the names' length whatever the expression.  Handlers run on a small pool of RPC 
 one slow request does not hold up the others; queue work is handed to the data IO thread
 and waited for.  The management queue is consumed only once the data connection is up, so
 a request that waited in it while the manager was down finds the manager ready.
+
+Transformers (metricq-cpp's ``Transformer`` and combinators) are answered as metricq-manager
+answers them: ``transformer.register`` as ``source.register``, ``transformer.declare_metrics``
+as ``source.declare_metrics``, and ``transformer.subscribe`` declares the transformer's one
+durable data queue ``<token>-data`` (no uuid, no ``x-expires``: it keeps data while the
+transformer restarts), binds it to the metrics asked for, unbinds those of its previous
+subscribe that it no longer asks for, and answers like ``sink.subscribe``.  The queue is
+declared, recorded and owned like a sink's, so ``sink.subscribe``/``unsubscribe``/``release``
+work on it under the same ownership rules.
 """
 
 from __future__ import annotations
@@ -151,15 +160,20 @@ class Manager(Client):
 
     @rpc_handler("source.register")
     def _source_register(self, from_token: str, **_: Any) -> dict[str, Any]:
-        logger.info("source %s registered", from_token)
+        return self._register_publisher("source", from_token)
+
+    @rpc_handler("source.declare_metrics")
+    def _source_declare_metrics(self, from_token: str, metrics: Any = None, **_: Any) -> None:
+        self._declare_metrics("source.declare_metrics", from_token, metrics)
+
+    def _register_publisher(self, kind: str, from_token: str) -> dict[str, Any]:
+        """The registration reply of a client that publishes data (a source, a transformer)."""
+        logger.info("%s %s registered", kind, from_token)
         return {"dataServerAddress": self.data_server_address, "dataExchange": DATA_EXCHANGE,
                 "config": self.configs.get(from_token)}
 
-    @rpc_handler("source.declare_metrics")
-    def _source_declare_metrics(self, from_token: str,
-                                metrics: Mapping[str, Any] | list[str] | None = None,
-                                **_: Any) -> None:
-        metrics = check.metric_metadata("source.declare_metrics", metrics)
+    def _declare_metrics(self, function: str, from_token: str, metrics: Any) -> None:
+        metrics = check.metric_metadata(function, metrics)
         self.metadata.declare(from_token, metrics)
         logger.info("%s declared %d metric(s)", from_token, len(metrics))
 
@@ -186,21 +200,9 @@ class Manager(Client):
         else:
             queue = check.queue_name(function, "dataQueue", dataQueue)
             declaration = self._owned_queue(function, from_token, queue)
-        is_new = declaration is None
-        if declaration is None:
-            declaration = _QueueDeclaration(durable, {"x-expires": expires_ms},
-                                            owner=from_token)
-
-        def declare_and_bind(channel: Any) -> None:
-            declaration.declare(channel, queue)
-            for name in names:
-                channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
-
-        self._on_data(declare_and_bind)
-        if is_new:  # remembered once the broker took it: a refused declare leaves no trace
-            self.metadata.set_queue_arguments(queue, declaration.dump())
-        logger.info("%s subscribed to %d metric(s) on %s (%s)", from_token, len(names), queue,
-                    "durable" if declaration.durable else "auto-delete")
+        self._bind_data_queue(from_token, queue, declaration,
+                              _QueueDeclaration(durable, {"x-expires": expires_ms},
+                                                owner=from_token), names)
         return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
                 "metrics": self._metrics_reply(names, metadata)}
 
@@ -237,6 +239,31 @@ class Manager(Client):
         self.metadata.set_queue_arguments(queue, None)
         logger.info("%s released %s", from_token, queue)
 
+    def _bind_data_queue(self, from_token: str, queue: str,
+                         declaration: _QueueDeclaration | None, new: _QueueDeclaration,
+                         names: list[str], stale: list[str] | None = None) -> None:
+        """Declare ``queue`` as recorded (``declaration``) or, if the manager has no record
+        of it, as ``new``; bind it to ``names`` on ``metricq.data`` and unbind ``stale``.
+
+        The caller has checked that ``from_token`` may use ``queue`` (:meth:`_owned_queue`).
+        """
+        is_new = declaration is None
+        declaration = new if declaration is None else declaration
+
+        def declare_and_bind(channel: Any) -> None:
+            declaration.declare(channel, queue)
+            for name in names:
+                channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
+            for name in stale or ():
+                channel.queue_unbind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
+
+        self._on_data(declare_and_bind)
+        if is_new:  # remembered once the broker took it: a refused declare leaves no trace
+            self.metadata.set_queue_arguments(queue, declaration.dump())
+        logger.info("%s subscribed to %d metric(s) on %s (%s)%s", from_token, len(names), queue,
+                    "durable" if declaration.durable else "auto-delete",
+                    f", {len(stale)} unbound" if stale else "")
+
     def _owned_queue(self, function: str, from_token: str,
                      queue: str) -> _QueueDeclaration | None:
         """The declaration of ``queue`` (None if the manager has no record of it), after
@@ -257,6 +284,37 @@ class Manager(Client):
                                  function=function)
         return declaration
 
+    # -- transformers ----------------------------------------------------------------
+
+    @rpc_handler("transformer.register")
+    def _transformer_register(self, from_token: str, **_: Any) -> dict[str, Any]:
+        return self._register_publisher("transformer", from_token)
+
+    @rpc_handler("transformer.declare_metrics")
+    def _transformer_declare_metrics(self, from_token: str, metrics: Any = None,
+                                     **_: Any) -> None:
+        self._declare_metrics("transformer.declare_metrics", from_token, metrics)
+
+    @rpc_handler("transformer.subscribe")
+    def _transformer_subscribe(self, from_token: str, metrics: Any = None,
+                               **_: Any) -> dict[str, Any]:
+        """Bind the transformer's durable data queue ``<token>-data`` to ``metrics`` (and
+        only to them: metrics of its previous subscribe are unbound); the reply carries the
+        metrics' metadata, as metricq-manager's does."""
+        function = "transformer.subscribe"
+        names = list(dict.fromkeys(check.metric_names(function, metrics)))
+        queue = f"{from_token}-data"
+        declaration = self._owned_queue(function, from_token, queue)
+        wanted = set(names)
+        stale = [name for name in self.metadata.transformer_bindings(from_token) or ()
+                 if name not in wanted]
+        # durable and never expiring, like a database's data queue
+        self._bind_data_queue(from_token, queue, declaration,
+                              _QueueDeclaration(True, {}, owner=from_token), names, stale)
+        self.metadata.set_transformer_bindings(from_token, names)
+        return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
+                "metrics": self._metrics_reply(names, True)}
+
     # -- history -------------------------------------------------------------------
 
     @rpc_handler("history.register")
@@ -265,7 +323,8 @@ class Manager(Client):
         arguments = {"x-expires": DEFAULT_QUEUE_EXPIRES_MS}
         self._on_data(lambda channel: channel.queue_declare(
             queue=queue, durable=False, exclusive=False, auto_delete=True, arguments=arguments))
-        return {"dataServerAddress": self.data_server_address,
+        return {"historyServerAddress": self.data_server_address,
+                "dataServerAddress": self.data_server_address,
                 "historyExchange": HISTORY_EXCHANGE, "historyQueue": queue,
                 "config": self.configs.get(from_token)}
 
@@ -333,6 +392,15 @@ class Manager(Client):
     def _get_metrics(self, format: Any = "array", selector: Any = None,  # noqa: A002
                      prefix: Any = None, infix: Any = None, historic: Any = None,
                      hidden: Any = None, limit: Any = None, **_: Any) -> dict[str, Any]:
+        """Metrics whose metadata the manager keeps, filtered by every argument given.
+
+        Refused as metricq-manager refuses them: a ``selector`` together with ``prefix`` or
+        ``infix``, ``prefix`` together with ``infix``, an empty ``selector`` array, and
+        ``historic`` or ``hidden`` that are not booleans.  mqsync's extensions (where
+        metricq-manager answers "not yet supported"): ``infix`` without ``historic``, and
+        ``hidden`` (true or false) with any other filter.  A ``selector`` regular
+        expression is matched anywhere in the name, with RE2.
+        """
         function = "get_metrics"
         if format not in ("array", "object"):
             raise InvalidRequest(f"get_metrics: 'format' must be \"array\" or \"object\", got "
@@ -340,6 +408,12 @@ class Manager(Client):
         selector = check.selector(function, selector)
         prefix = check.optional_string(function, "prefix", prefix)
         infix = check.optional_string(function, "infix", infix)
+        if selector is not None and (prefix is not None or infix is not None):
+            raise InvalidRequest("get_metrics: 'selector' cannot be combined with 'prefix' or "
+                                 "'infix'; give one of them", function=function)
+        if prefix is not None and infix is not None:
+            raise InvalidRequest("get_metrics: 'prefix' and 'infix' cannot be combined; give "
+                                 "one of them", function=function)
         historic = check.optional_boolean(function, "historic", historic)
         hidden = check.optional_boolean(function, "hidden", hidden)
         limit = None if limit is None else check.non_negative_int(function, "limit", limit)

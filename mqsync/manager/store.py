@@ -77,13 +77,15 @@ class MetadataStore:
         self._metrics: dict[str, dict[str, Any]] = {}
         self._queues: dict[str, dict[str, Any]] = {}
         self._databases: dict[str, dict[str, list[str]]] = {}
+        self._transformers: dict[str, list[str]] = {}
         if self.path is not None:
             saved = load_state(self.path, dict)
             self._metrics = dict(saved.get("metrics", {}))
             self._queues = dict(saved.get("queues", {}))
             self._databases = dict(saved.get("databases", {}))
+            self._transformers = dict(saved.get("transformers", {}))
             logger.info("loaded metadata of %d metric(s) from %s", len(self._metrics), self.path)
-        self._saved = (dict(self._metrics), dict(self._queues), dict(self._databases))
+        self._saved = self._snapshot()
 
     def declare(self, source: str, metrics: Mapping[str, Mapping[str, Any]]) -> None:
         """Store metadata declared by ``source`` (reserved keys dropped, ``date`` set)."""
@@ -145,6 +147,23 @@ class MetadataStore:
             self._databases[token] = {"data": list(data), "history": list(history)}
             self._save()
 
+    def transformer_bindings(self, token: str) -> list[str] | None:
+        """The metrics a transformer's data queue was bound to at its last subscribe."""
+        with self._lock:
+            bindings = self._transformers.get(token)
+            return None if bindings is None else list(bindings)
+
+    def set_transformer_bindings(self, token: str, metrics: Iterable[str]) -> None:
+        """Remember a transformer's bindings (to remove those it drops at its next
+        subscribe)."""
+        with self._lock:
+            self._transformers[token] = list(metrics)
+            self._save()
+
+    def _snapshot(self) -> tuple[dict[str, Any], ...]:
+        return (dict(self._metrics), dict(self._queues), dict(self._databases),
+                dict(self._transformers))
+
     def _save(self) -> None:
         """Write the file; on failure restore the last saved state (entries are replaced,
         never changed in place, so shallow copies of the maps are snapshots)."""
@@ -152,10 +171,11 @@ class MetadataStore:
             return
         try:
             save_state({"metrics": self._metrics, "queues": self._queues,
-                        "databases": self._databases}, self.path)
+                        "databases": self._databases, "transformers": self._transformers},
+                       self.path)
         except BaseException:
-            metrics, queues, databases = self._saved
-            self._metrics, self._queues, self._databases = \
-                dict(metrics), dict(queues), dict(databases)
+            metrics, queues, databases, transformers = self._saved
+            self._metrics, self._queues, self._databases, self._transformers = \
+                dict(metrics), dict(queues), dict(databases), dict(transformers)
             raise
-        self._saved = (dict(self._metrics), dict(self._queues), dict(self._databases))
+        self._saved = self._snapshot()
