@@ -82,7 +82,9 @@ def test_leaving_without_collecting_keeps_the_queue_until_released(unique):
     metric = f"test.{unique}.abandoned"
     with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
         pass
-    # (that a Drain can still collect it is the how-to test above)
+    # still there after the block: a Drain could collect it
+    with mqsync.Client(f"drain-{unique}", add_uuid=True) as holder:
+        holder.rpc("sink.unsubscribe", dataQueue=subscriber.queue, metrics=[metric], end=False)
     subscriber.release()
     with pytest.raises(mqsync.RPCError, match="does not exist"):
         list(subscriber.collect_data(timeout=5))
@@ -94,3 +96,15 @@ def test_a_collected_subscription_has_nothing_to_release(unique):
     with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
         assert list(subscriber.collect_data(timeout=10)) == []
     subscriber.release()  # the Drain released it: no RPC, no error
+
+
+def test_a_collected_queue_is_gone(unique):
+    # the Drain unbinds, then releases: the queue must not outlive it (kombu's memory
+    # transport deletes only queues that are still bound)
+    metric = f"test.{unique}.drained"
+    with Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
+        pass
+    assert list(subscriber.collect_data(timeout=10)) == []
+    with mqsync.Client(f"drain-{unique}", add_uuid=True) as holder, \
+            pytest.raises(mqsync.RPCError, match="does not exist"):
+        holder.rpc("sink.unsubscribe", dataQueue=subscriber.queue, metrics=[metric])

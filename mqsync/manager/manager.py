@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import kombu.transport.virtual
 import re2
 
 from ..client import (
@@ -235,7 +236,7 @@ class Manager(Client):
         queue = check.queue_name("sink.release", "dataQueue", dataQueue)
         self._owned_queue("sink.release", from_token, queue)
         # Durable and auto-delete queues alike (deleting one that is gone is no error).
-        self._on_data(lambda channel: channel.queue_delete(queue=queue))
+        self._on_data(lambda channel: _delete_queue(channel, queue))
         self.metadata.set_queue_arguments(queue, None)
         logger.info("%s released %s", from_token, queue)
 
@@ -517,3 +518,12 @@ def _db_bindings(metrics: Any) -> tuple[list[str], list[str]]:
         data.append(check.metric_name("db.subscribe", input_name))
         history.append(check.metric_name("db.subscribe", name))
     return list(dict.fromkeys(data)), list(dict.fromkeys(history))
+
+
+def _delete_queue(channel: Any, queue: str) -> None:
+    channel.queue_delete(queue=queue)
+    if isinstance(channel, kombu.transport.virtual.Channel):
+        # kombu's virtual transports (the embedded network's memory://) delete a queue
+        # only through its bindings: one unbound before (a drained subscription) would
+        # stay, with its end marker, for the life of the process.
+        channel._delete(queue)
