@@ -20,25 +20,39 @@ The config file is ``--config-file``, else ``$MQSYNC_CONFIG``, else
 
 ``$USER`` and ``$HOST`` (also ``${USER}``, ``${HOST}``) are expanded in tokens.  URLs are
 shown with the password masked (``--show-config``, errors).
+
+Two habits every command shares:
+
+* A closed standard output (``mqsync-sink ... | head -3``) ends the command quietly, as
+  ``cat`` does: no traceback, exit code :data:`EXIT_PIPE` (141, the shell's code for a
+  program ended by SIGPIPE).  See :class:`LineWriter` and :func:`ends_quietly_on_closed_stdout`.
+* A failure to reach the network is said once, in the user's terms: which broker (URL
+  masked), what failed and what to try (:func:`connect_failure_message`); the library's
+  own ERROR line about it is left out (:func:`setup_logging`).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import getpass
 import logging
 import os
 import re
+import signal
 import socket
+import ssl
 import sys
 import textwrap
+import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TextIO
+from urllib.parse import unquote, urlsplit
 
 from ..config import read_config_file
 from ..connection import redact_url
-from ..errors import ConfigError, ConnectFailed
+from ..errors import ConfigError, ConnectFailed, MqsyncError, RPCTimeout
 from ..timeseries import Timedelta, Timestamp
 
 #: Exit codes scripts can rely on.
@@ -47,6 +61,9 @@ EXIT_FAILURE = 1  # the program ran and something failed (lost connection, faile
 EXIT_USAGE = 2  # bad command line or configuration, found before connecting
 EXIT_CONNECT = 3  # the broker or the manager could not be reached
 EXIT_INTERRUPTED = 130
+#: Standard output was closed by its reader (``| head``): what a shell reports for a program
+#: ended by SIGPIPE, as ``cat`` gives.
+EXIT_PIPE = 128 + signal.SIGPIPE
 
 #: Where the configuration file is looked for when neither --config-file nor $MQSYNC_CONFIG
 #: names one.
@@ -68,9 +85,100 @@ CONFIG_HELP = (
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr with thread names, at ``level``."""
+    """Log to stderr with thread names, at ``level``.
+
+    Above ``debug``, the library's ERROR lines about a failed connection (a failed start, a
+    connection given up) are left out: the command reports that failure itself, once, when
+    it ends (:func:`connect_failure_message`).
+    """
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s")
+    if level != "debug":
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, _ReportedByTheCommand) for f in handler.filters):
+                handler.addFilter(_ReportedByTheCommand())
+
+
+class _ReportedByTheCommand(logging.Filter):
+    """Drops the ERROR record a client or its IO thread logs about an error it also raises
+    (or stores as its ``failure``) and that ends the command: ``start failed: ...`` and
+    ``gave up reconnecting ...``.  Every command prints those itself."""
+
+    _LOGGERS = ("mqsync.client", "mqsync.connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or record.exc_info or record.name not in self._LOGGERS:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, MqsyncError) for arg in args)
+
+
+# -- standard output -------------------------------------------------------------------
+
+
+def silence(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null after its reader went away.
+
+    What is still buffered then goes nowhere, so the interpreter's final flush (or a
+    ``close()``) raises no second BrokenPipeError ("Exception ignored ... BrokenPipeError").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):  # no descriptor (a StringIO in tests), or closed already
+        pass
+    finally:
+        os.close(devnull)
+
+
+class LineWriter:
+    """Writes text to a stream from any thread and notices when its reader went away.
+
+    The first BrokenPipeError (``mqsync-sink ... | head -3`` once ``head`` exited) silences
+    the stream (:func:`silence`), sets :attr:`closed` and calls ``on_closed`` once; later
+    writes are dropped.  That is how a command that prints on a callback thread ends like
+    ``cat``: quietly, without a traceback per chunk.
+    """
+
+    def __init__(self, out: TextIO, on_closed: Callable[[], None] | None = None):
+        self._out = out
+        self._on_closed = on_closed
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def write(self, text: str) -> bool:
+        """Write and flush ``text``; return False when the reader is gone."""
+        with self._lock:
+            if self.closed:
+                return False
+            try:
+                self._out.write(text)
+                self._out.flush()
+                return True
+            except BrokenPipeError:
+                self.closed = True
+                silence(self._out)
+        if self._on_closed is not None:
+            self._on_closed()
+        return False
+
+
+def ends_quietly_on_closed_stdout(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a command's ``main``: a BrokenPipeError from printing ends it with
+    :data:`EXIT_PIPE`, no traceback, and nothing more written to stdout."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            silence(sys.stdout)
+            return EXIT_PIPE
+
+    return wrapper
 
 
 # -- layered settings ------------------------------------------------------------------
@@ -385,11 +493,121 @@ def duration_argument(text: Any) -> float:
     return seconds
 
 
-def start_client(prog: str, client: Any) -> int | None:
-    """Start ``client``; on a connection failure print why and return ``EXIT_CONNECT``."""
+def start_client(prog: str, client: Any, url: str | None = None) -> int | None:
+    """Start ``client``; on a connection failure print why and return ``EXIT_CONNECT``.
+
+    ``url`` is the broker URL the command was given (default: the client's own, masked).
+    """
     try:
         client.start()
-    except ConnectFailed as error:
-        print(f"{prog}: {error}", file=sys.stderr)
+    except (ConnectFailed, RPCTimeout) as error:
+        print(f"{prog}: {connect_failure_message(error, url or client.url, client.token)}",
+              file=sys.stderr)
         return EXIT_CONNECT
     return None
+
+
+# -- connection failures in the user's terms -------------------------------------------
+
+#: AMQP reply codes (RabbitMQ) behind the usual first-run mistakes.
+_ACCESS_REFUSED = 403
+_NOT_FOUND = 404
+_RESOURCE_LOCKED = 405
+_NOT_ALLOWED = 530
+
+
+def connect_failure_message(error: BaseException, url: str | None,
+                            token: str | None = None) -> str:
+    """Why a command could not reach the network (or lost it), for its users.
+
+    Names the broker (``url``, the password masked; ``None``: the embedded network), what
+    failed in words a user knows (the token in use, the login refused, no such virtual
+    host, nothing listening on the port, no manager...) and what to try.  Internal names
+    (``mqsync-<token>-mgmt``) are left out.  ``token`` is the client's token, named when
+    another client holds it.
+    """
+    where = redact_url(url) if url else "the embedded network"
+    cause = _root_cause(error)
+    code = getattr(cause, "reply_code", None)
+    text = str(getattr(cause, "reply_text", "") or cause)
+    parts = urlsplit(url) if url else None
+    if code == _RESOURCE_LOCKED:
+        named = f"the token {token!r}" if token else "this client's token"
+        return (f"{named} is in use by another client on {where}; stop that client, or give "
+                "this one another token with --token NAME (or $MQSYNC_TOKEN)")
+    if code == _ACCESS_REFUSED and "login" in text.lower():
+        user = unquote(parts.username) if parts is not None and parts.username else "guest"
+        return (f"the broker at {where} refused the login of user {user!r}: check the user "
+                "name and password in the URL")
+    if code == _ACCESS_REFUSED:
+        return (f"the broker at {where} refused access: {text} (does the user have "
+                "permissions on this virtual host?)")
+    if code == _NOT_ALLOWED and "vhost" in text:
+        vhost = unquote(parts.path[1:]) if parts is not None and parts.path[1:] else "/"
+        return (f"the broker at {where} has no virtual host {vhost!r}: check the path at the "
+                "end of the URL (an administrator adds one with rabbitmqctl add_vhost)")
+    if code == _NOT_FOUND and "metricq." in str(error):
+        return (f"no MetricQ manager on {where}: its exchanges do not exist; start "
+                "mqsync-manager on this network, or check the virtual host in the URL")
+    if isinstance(cause, ConnectionRefusedError):
+        address = _address(parts)
+        return (f"cannot connect to {where}: nothing accepts connections at {address}; is "
+                "RabbitMQ running there, and is the port right (amqp 5672, amqps 5671)?")
+    if isinstance(cause, socket.gaierror):
+        host = parts.hostname if parts is not None else None
+        return (f"cannot connect to {where}: the host name {host!r} does not resolve "
+                f"({cause.strerror or cause}); check the host in the URL")
+    if isinstance(cause, ssl.SSLError):
+        return (f"cannot connect to {where}: the TLS handshake failed ({cause}); check "
+                "amqps:// against the broker's port and certificate")
+    told = _own_words(error, token)
+    if isinstance(error, RPCTimeout):
+        return (f"the MetricQ manager on {where} did not answer in time ({told}); is "
+                "mqsync-manager running on this network?")
+    if told.startswith("gave up reconnecting"):
+        return f"lost the connection to the network and {told}"
+    if isinstance(cause, TimeoutError) or (told.startswith("no connection to") and
+                                           " within " in told):
+        return (f"no connection to {where} in time: a firewall, a wrong host or port, or an "
+                "overloaded broker?")
+    if where in told:
+        return told
+    return f"cannot connect to {where}: {told}"
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    seen = {id(error)}
+    while True:
+        following = error.__cause__ or (None if error.__suppress_context__ else
+                                        error.__context__)
+        if following is None or id(following) in seen:
+            return error
+        seen.add(id(following))
+        error = following
+
+
+def _address(parts: Any) -> str:
+    if parts is None:
+        return "the embedded network"
+    default = 5671 if parts.scheme == "amqps" else 5672
+    try:
+        port = parts.port or default
+    except ValueError:
+        port = default
+    return f"{parts.hostname or 'localhost'}:{port}"
+
+
+#: An IO thread's name at the start of a message: ``mqsync-<token>-mgmt: ``.
+_CONNECTION_NAME = re.compile(r"mqsync-\S+-(?:mgmt|data|data-io|history): ")
+
+
+def _own_words(error: BaseException, token: str | None = None) -> str:
+    """``error``'s message without the client and connection names it starts with."""
+    text = str(error)
+    while True:
+        if token and text.startswith(f"{token}: "):
+            text = text[len(token) + 2:]
+        elif _CONNECTION_NAME.match(text):
+            text = _CONNECTION_NAME.sub("", text, count=1)
+        else:
+            return text

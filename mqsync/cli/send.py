@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from ..errors import ConnectFailed, MqsyncError, PublishFailed
+from ..errors import ConnectFailed, MqsyncError, PublishFailed, RPCTimeout
 from ..source import Source
 from ..timeseries import Timestamp
 from ._common import (
@@ -20,6 +20,7 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandParser,
+    connect_failure_message,
     duration_argument,
     setup_logging,
     start_client,
@@ -42,8 +43,9 @@ seconds (as from date +%s) or ISO 8601.  The metric is declared (with --unit and
 --description) unless --no-declare, or unless another source declared it already: its
 metadata is never overwritten by this command.
 
-exit codes: 0 sent and confirmed by the broker, 1 the manager refused or the broker did
-not confirm in time, 2 bad command line or configuration, 3 no connection.
+exit codes: 0 sent and confirmed by the broker, 1 the manager refused, did not answer in
+time, or the broker did not confirm in time, 2 bad command line or configuration, 3 no
+connection (also: the token is in use by another client; give another with --token).
 """
 
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"mqsync-send: {error}", file=sys.stderr)
         return EXIT_USAGE
-    failed = start_client("mqsync-send", source)
+    failed = start_client("mqsync-send", source, args.url)
     if failed is not None:
         return failed
     try:
@@ -92,11 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         source.send(args.metric, timestamp, args.value)
         source.flush(args.timeout)
     except PublishFailed as error:
+        if isinstance(source.failure, ConnectFailed):
+            print(f"mqsync-send: {connect_failure_message(source.failure, args.url, args.token)}",
+                  file=sys.stderr)
+            return EXIT_CONNECT
         print(f"mqsync-send: {error}", file=sys.stderr)
-        return EXIT_CONNECT if isinstance(source.failure, ConnectFailed) else EXIT_FAILURE
+        return EXIT_FAILURE
+    except (ConnectFailed, RPCTimeout) as error:
+        print(f"mqsync-send: {connect_failure_message(error, args.url, args.token)}",
+              file=sys.stderr)
+        return EXIT_CONNECT if isinstance(error, ConnectFailed) else EXIT_FAILURE
     except MqsyncError as error:
         print(f"mqsync-send: {error}", file=sys.stderr)
-        return EXIT_CONNECT if isinstance(error, ConnectFailed) else EXIT_FAILURE
+        return EXIT_FAILURE
     finally:
         source.stop()
     if source.stats().get("lost_points"):
