@@ -39,6 +39,10 @@ and it counts a wrap as a reset anyway.
 time is counted in 10 ms ticks); above 20 updates per second they are sent every few
 updates, each over the time since the last one that gave them.
 
+**One update only.**  ``mqsync-source --once`` gives this source a priming update (its
+points are dropped), waits :attr:`SysinfoSource.priming_interval` and sends the second:
+every metric, rates and CPU usage included.
+
 The computation (:class:`SysinfoCalculator`) works on :class:`Snapshot` values and knows
 nothing of psutil or MetricQ, so it is tested with synthetic snapshots.  Known limit: psutil
 numbers CPU cores by position in ``/proc/stat``, so taking a core offline renumbers the
@@ -63,13 +67,13 @@ from mqsync.timeseries import Timestamp
 from ._common import (
     SCHEDULE_OPTIONS,
     check_bool,
+    check_known_keys,
     check_patterns,
     check_prefix,
     check_segment,
     metric_segment,
     selected,
     short_hostname,
-    warn_unknown_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -421,6 +425,9 @@ class SysinfoSource(PluginSource):
     """
 
     default_config = {option.name: option.default for option in OPTIONS}
+    #: Seconds between the two samples of ``mqsync-source --once``: rates and CPU usage
+    #: need two, and half a second gives CPU usage a resolution of 2 % per core.
+    priming_interval = 0.5
 
     def __init__(self, token: str, url: str | None = None, *,
                  psutil_module: ModuleType | None = None, **kwargs: Any):
@@ -439,7 +446,7 @@ class SysinfoSource(PluginSource):
         return self._calculator
 
     def configure(self, config: Mapping[str, Any]) -> None:
-        warn_unknown_keys("sysinfo", config, OPTIONS)
+        check_known_keys("sysinfo", config, OPTIONS)
         self._calculator = SysinfoCalculator.from_config(config)
 
     def _snapshot(self, calculator: SysinfoCalculator) -> Snapshot:

@@ -2,7 +2,14 @@
 
 Without ``--url`` (and ``$MQSYNC_URL``) the source joins an embedded in-process network
 and a sink on that network prints every value it receives: a fresh machine shows live
-values with no broker at all.
+values with no broker at all.  With a URL it prints one line when it runs (plugin, token,
+masked URL, metrics, period) and, with ``--status-interval``, one status line per interval
+(points and chunks sent, updates, reconnects, losses) on stderr.
+
+``--once`` runs one update and prints what it sent.  A source class whose first update
+cannot send everything (rates need two samples) says so with a ``priming_interval``
+attribute (seconds): ``--once`` then runs a priming update whose points it drops, waits
+that long, and sends the second.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import read_config_file
-from ..errors import ConfigError, ConnectFailed, MqsyncError, PluginError
+from ..errors import ConfigError, ConnectFailed, MqsyncError, PluginError, RPCTimeout
 from ..plugin import LoadedKind, PluginSet, load_plugins
 from ..sink import Sink
 from ..timeseries import Timedelta, Timestamp
@@ -25,10 +33,18 @@ from ._common import (
     EXIT_CONNECT,
     EXIT_FAILURE,
     EXIT_OK,
+    EXIT_PIPE,
     EXIT_USAGE,
     CommandParser,
+    LineWriter,
+    connect_failure_message,
+    duration_argument,
+    ends_quietly_on_closed_stdout,
     setup_logging,
 )
+
+#: Seconds ``--once`` waits after a priming update at most, whatever a plugin asks for.
+MAX_PRIMING_SECONDS = 5.0
 
 EXAMPLE = """\
 examples:
@@ -40,27 +56,32 @@ examples:
   MQSYNC_URL=amqp://... mqsync-source --plugin dummy --period 100ms --token source-demo
 
 exit codes: 0 stopped cleanly (also on SIGINT/SIGTERM), 1 the source failed,
-2 bad command line, plugin or configuration, 3 no connection to the network.
+2 bad command line, plugin or configuration, 3 no connection to the network,
+141 standard output was closed by its reader (as cat: mqsync-source ... | head).
 """
 
 
 class PrintingSink(Sink):
-    """Prints every received point as ``<ISO time>  <metric>  <value> <unit>``."""
+    """Prints every received point as ``<ISO time>  <metric>  <value> <unit>``.
 
-    def __init__(self, *args: Any, out: TextIO, units: dict[str, str], **kwargs: Any):
+    When the reader of ``out`` goes away (``| head``), ``on_closed`` is called once and
+    nothing more is printed.
+    """
+
+    def __init__(self, *args: Any, out: TextIO, units: dict[str, str],
+                 on_closed: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._out = out
+        self.writer = LineWriter(out, on_closed)
         self._units = units
         self.received = 0
-        self._lock = threading.Lock()
 
     def on_chunk(self, metric: str, times_ns: Any, values: Any) -> None:
+        if self.writer.closed:
+            return
         unit = self._units.get(metric, "")
         lines = [f"{Timestamp(t).isoformat()}  {metric}  {v:.6g} {unit}".rstrip()
                  for t, v in zip(times_ns, values)]
-        with self._lock:
-            self._out.write("\n".join(lines) + "\n")
-            self._out.flush()
+        if self.writer.write("\n".join(lines) + "\n"):
             self.received += len(lines)
 
 
@@ -70,6 +91,7 @@ def default_token(plugin: str) -> str:
     return f"source-{plugin}-{host}"
 
 
+@ends_quietly_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser("source", url_required=False,
                            description="Run a MetricQ source plugin.", epilog=EXAMPLE)
@@ -86,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="one update, print it, exit")
     parser.add_argument("--check", action="store_true",
                         help="check the plugin and configuration, then exit")
+    parser.add_setting("--status-interval", type=duration_argument, metavar="DURATION",
+                       help="print a status line (points and chunks sent, updates, "
+                       "reconnects, losses) to stderr this often, e.g. 60s (default: never)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
 
@@ -105,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         token = args.token or default_token(args.plugin)
         source = _make_source(loaded, token, args.url, config, period, once=args.once)
     except (PluginError, ConfigError, TypeError, ValueError) as error:
-        print(f"mqsync-source: {error}", file=sys.stderr)
+        where = f"{args.config}: " if args.config and isinstance(error, ConfigError) else ""
+        print(f"mqsync-source: {where}{error}", file=sys.stderr)
         return EXIT_USAGE
     if args.check:
         print(f"mqsync-source: {args.plugin} configuration OK; metrics: "
@@ -131,29 +157,26 @@ def _run(source: Any, args: argparse.Namespace) -> int:
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     printer: PrintingSink | None = None
     try:
-        try:
-            source.start()
-            if args.url is None and not args.once:
-                printer = _start_printer(source)
-        except ConnectFailed as error:
-            print(f"mqsync-source: {error}", file=sys.stderr)
-            return EXIT_CONNECT
+        failed = _start(source, args)
+        if failed is not None:
+            return failed
         if args.once:
             return _once(source, args)
         if args.url is None:
+            try:
+                printer = _start_printer(source, on_closed=stop.set)
+            except MqsyncError as error:
+                print(f"mqsync-source: {error}", file=sys.stderr)
+                return EXIT_FAILURE
             print(f"mqsync-source: {args.plugin} on an embedded network (no --url); "
                   "printing live values, Ctrl-C to stop", file=sys.stderr, flush=True)
-        known = set(source.metrics())
-        while not stop.wait(0.5):
-            if source.wait(0):  # stopped by itself: a failure
-                break
-            if printer is not None:
-                current = set(source.metrics())
-                if current - known:
-                    printer.subscribe(sorted(current - known))
-                    known = current
+        else:
+            print(f"mqsync-source: {_startup_line(source, args)}", file=sys.stderr, flush=True)
+        _serve(source, printer, stop, args.status_interval)
+        if printer is not None and printer.writer.closed:
+            return EXIT_PIPE
         if source.failure is not None:
-            print(f"mqsync-source: {source.failure}", file=sys.stderr)
+            print(f"mqsync-source: {_failure_message(source, args.url)}", file=sys.stderr)
             return EXIT_FAILURE
         return EXIT_OK
     finally:
@@ -164,10 +187,97 @@ def _run(source: Any, args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
 
 
-def _start_printer(source: Any) -> PrintingSink:
+def _start(source: Any, args: argparse.Namespace) -> int | None:
+    """Start ``source``; on failure print why, once, and return the exit code."""
+    try:
+        source.start()
+    except (ConnectFailed, RPCTimeout) as error:
+        print(f"mqsync-source: {connect_failure_message(error, args.url, source.token)}",
+              file=sys.stderr)
+        return EXIT_CONNECT
+    except ConfigError as error:  # the manager's configuration for this token
+        print(f"mqsync-source: the configuration the manager holds for {source.token!r} is "
+              f"invalid: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except MqsyncError as error:
+        print(f"mqsync-source: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return None
+
+
+def _serve(source: Any, printer: PrintingSink | None, stop: threading.Event,
+           status_interval: float | None) -> None:
+    """Until a signal, a closed stdout or a failure: subscribe the printer to new metrics
+    and print a status line every ``status_interval`` seconds."""
+    known = set(source.metrics()) if printer is not None else set()
+    next_status = time.monotonic() + status_interval if status_interval else None
+    last_points = 0
+    while True:
+        wait = 0.5
+        if next_status is not None:
+            wait = min(wait, max(0.0, next_status - time.monotonic()))
+        if stop.wait(wait) or source.wait(0):  # stopped by itself: a failure
+            return
+        if next_status is not None and time.monotonic() >= next_status:
+            line, last_points = _status_line(source, last_points)
+            print(f"mqsync-source: {line}", file=sys.stderr, flush=True)
+            while next_status <= time.monotonic():  # never a burst after a stall
+                next_status += status_interval
+        if printer is not None:
+            current = set(source.metrics())
+            if current - known:
+                printer.subscribe(sorted(current - known))
+                known = current
+
+
+def _startup_line(source: Any, args: argparse.Namespace) -> str:
+    """What runs where: plugin, token, masked URL, how many metrics, how often."""
+    count = len(source.metrics())
+    period = source.period
+    every = f"every {period}" if period is not None else "waiting for a rate or period"
+    status = f"; a status line every {Timedelta.from_s(args.status_interval)}" \
+        if args.status_interval else ""
+    return (f"{args.plugin} sending {count} metric(s) {every} as {source.token!r} to "
+            f"{source.url}{status}")
+
+
+def _status_line(source: Any, last_points: int) -> tuple[str, int]:
+    """One line of counters, and the points sent so far (for the next line's increase)."""
+    stats = source.stats()
+    points = source.sent_points
+    chunks = _sent_chunks(source)
+    parts = [f"status: {points} points" + (f" in {chunks} chunks" if chunks is not None
+                                            else "") + f" sent (+{points - last_points})"]
+    schedule = getattr(source, "schedule_stats", None)
+    if schedule is not None:
+        counters = schedule()
+        parts.append(f"{counters.updates} updates ({counters.failures} failed, "
+                     f"{counters.missed_slots} slots missed)")
+    parts.append(f"{stats.get('reconnects', 0)} reconnects")
+    parts.append(f"{stats.get('lost_points', 0)} points lost")
+    if stats.get("spooled_points"):
+        parts.append(f"{stats['spooled_points']} points spooled")
+    return ", ".join(parts), points
+
+
+def _sent_chunks(source: Any) -> int | None:
+    # Source counts confirmed chunks only on its publisher (no public counter yet).
+    publisher = getattr(source, "_publisher", None)
+    return getattr(publisher, "confirmed_chunks", None)
+
+
+def _failure_message(source: Any, url: str | None) -> str:
+    failure = source.failure
+    if isinstance(failure, (ConnectFailed, RPCTimeout)):
+        return connect_failure_message(failure, url, source.token)
+    return f"the source stopped: {failure}"
+
+
+def _start_printer(source: Any, on_closed: Any) -> PrintingSink:
     declared = source.metrics()
     units = {name: str(meta.get("unit", "")) for name, meta in declared.items()}
-    printer = PrintingSink(f"sink-print-{source.token}", None, out=sys.stdout, units=units)
+    printer = PrintingSink(f"sink-print-{source.token}", None, out=sys.stdout, units=units,
+                           on_closed=on_closed)
     printer.start()
     if declared:
         printer.subscribe(sorted(declared))
@@ -175,34 +285,65 @@ def _start_printer(source: Any) -> PrintingSink:
 
 
 def _once(source: Any, args: argparse.Namespace) -> int:
-    """One update; print exactly what it sent (for checking a plugin, and for cron)."""
+    """One update; print exactly what it sent (for checking a plugin, and for cron).
+
+    A source with a ``priming_interval`` first gets an update whose points are dropped,
+    then, that many seconds later, the one that is sent.
+    """
     sent: list[tuple[str, int, float]] = []
     send, send_many = source.send, source.send_many
+    priming = True
 
     def tap(metric: str, time: Any, value: float) -> None:
+        if priming:
+            return
         send(metric, time, value)
         sent.append((metric, int(getattr(time, "posix_ns", time)), float(value)))
 
     def tap_many(metric: str, times: Any, values: Any) -> None:
+        if priming:
+            return
         send_many(metric, times, values)
         sent.extend((metric, int(getattr(t, "posix_ns", t)), float(v))
                     for t, v in zip(times, values))
 
     source.send, source.send_many = tap, tap_many
     try:
+        wait = _priming_seconds(source)
+        if wait:
+            source.update()
+            time.sleep(wait)
+        priming = False
         source.update()
         source.flush()
     except Exception as error:  # noqa: BLE001 - the exit code and message say it
         print(f"mqsync-source: the update failed: {type(error).__name__}: {error}",
               file=sys.stderr)
         return EXIT_FAILURE
-    units = {name: str(meta.get("unit", "")) for name, meta in source.metrics().items()}
+    declared = source.metrics()
+    units = {name: str(meta.get("unit", "")) for name, meta in declared.items()}
     for metric, time_ns, value in sent:
         print(f"{Timestamp(time_ns).isoformat()}  {metric}  {value:.6g} "
               f"{units.get(metric, '')}".rstrip())
+    sys.stdout.flush()
     where = "an embedded network" if args.url is None else source.url
-    print(f"mqsync-source: sent {len(sent)} point(s) to {where}", file=sys.stderr)
+    silent = sorted(set(declared) - {metric for metric, _, _ in sent})
+    note = ""
+    if silent:
+        shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
+        note = f"; no value for {len(silent)} of {len(declared)} declared metric(s): {shown}"
+    print(f"mqsync-source: sent {len(sent)} point(s) to {where}{note}", file=sys.stderr)
     return EXIT_OK
+
+
+def _priming_seconds(source: Any) -> float:
+    """The plugin's ``priming_interval`` in seconds (0: none), at most
+    :data:`MAX_PRIMING_SECONDS`."""
+    declared = getattr(source, "priming_interval", None)
+    if declared is None:
+        return 0.0
+    seconds = declared.s if isinstance(declared, Timedelta) else float(declared)
+    return min(max(seconds, 0.0), MAX_PRIMING_SECONDS)
 
 
 def _list_plugins(plugins: PluginSet, as_json: bool) -> int:
