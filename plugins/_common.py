@@ -5,6 +5,7 @@ Private to ``mqsync_plugins``; third-party plugins should not import it.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 import math
@@ -123,11 +124,23 @@ def selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
             and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude))
 
 
-def warn_unknown_keys(kind: str, config: Mapping[str, Any],
-                      options: Iterable[ConfigOption]) -> None:
-    """Log (do not fail on) configuration keys the source kind does not know: typos."""
-    known = {option.name for option in options}
+def check_known_keys(kind: str, config: Mapping[str, Any],
+                     options: Iterable[ConfigOption]) -> None:
+    """Refuse configuration keys the source kind does not know (typos, keys of another
+    kind), as ``cli.toml`` does.
+
+    Raises:
+        ConfigError: naming the unknown keys, the closest known key of each, and the keys
+            that exist.
+    """
+    known = sorted({option.name for option in options})
     unknown = sorted(key for key in config if key not in known)
-    if unknown:
-        logger.warning("%s source: ignoring unknown configuration keys %s; known keys: %s",
-                       kind, ", ".join(unknown), ", ".join(sorted(known)))
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    raise ConfigError(f"unknown key{plural} {', '.join(described)} in the {kind} "
+                      f"configuration; the keys are {', '.join(known)}")

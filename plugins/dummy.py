@@ -22,7 +22,7 @@ from mqsync.errors import ConfigError
 from mqsync.plugin import ConfigOption, PluginSource, SourceKind, hookimpl
 from mqsync.timeseries import Timestamp
 
-from ._common import SCHEDULE_OPTIONS, check_number, check_prefix, warn_unknown_keys
+from ._common import SCHEDULE_OPTIONS, check_known_keys, check_number, check_prefix
 
 #: At most this many metrics: a typo like ``metrics: 1e9`` must not exhaust memory.
 MAX_METRICS = 100_000
@@ -109,7 +109,7 @@ class DummySource(PluginSource):
         super().__init__(token, url, **kwargs)
 
     def configure(self, config: Mapping[str, Any]) -> None:
-        warn_unknown_keys("dummy", config, OPTIONS)
+        check_known_keys("dummy", config, OPTIONS)
         settings = DummySettings.from_config(config)
         if settings != self._settings:
             # A new Random, so update() on the other thread never sees a half-seeded one.

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 from mqsync.plugin import PluginSource
 from mqsync.timeseries import Timestamp
 
-from .._common import warn_unknown_keys
+from .._common import check_known_keys
 from ._collector import IpmiCollector
 from ._config import IpmiSettings
 from ._options import OPTIONS
@@ -44,7 +44,7 @@ class IpmiSource(PluginSource):
         return self._collector
 
     def configure(self, config: Mapping[str, Any]) -> None:
-        warn_unknown_keys("ipmi", config, OPTIONS)
+        check_known_keys("ipmi", config, OPTIONS)
         settings = IpmiSettings.from_config(config)
         if settings == self._settings:
             return
