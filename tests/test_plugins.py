@@ -20,7 +20,7 @@ import pytest
 import mqsync_plugins.dummy
 import mqsync_plugins.ipmi
 import mqsync_plugins.sysinfo
-from mqsync.errors import PluginError
+from mqsync.errors import ConfigError, PluginError
 from mqsync.plugin import PluginSource, SourceKind, hookimpl, load_plugins
 from tests._support import RecordingSink, wait_until
 from tests.conftest import IN_CI
@@ -101,6 +101,17 @@ def test_every_configuration_key_is_documented(module):
         assert kind.default_config() == dict(kind.source_class.default_config)
         for option in kind.options:
             assert option.description and option.type in OPTION_TYPES, option
+
+
+@pytest.mark.parametrize("module", BUILTINS, ids=lambda m: m.__name__)
+def test_an_unknown_configuration_key_is_an_error_naming_the_keys(module):
+    # One rule with cli.toml: a typo fails before anything runs, never a warning only.
+    for kind in module.mqsync_source_kinds():
+        with pytest.raises(ConfigError) as error:
+            kind.source_class("source-test", config={"rat": 2, "zzz_unknown": 1})
+        message = str(error.value)
+        assert "'rat' (did you mean 'rate'?)" in message and "'zzz_unknown'" in message
+        assert all(option.name in message for option in kind.options), message
 
 
 def test_builtins_are_announced_as_entry_points():

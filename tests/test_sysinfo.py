@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from mqsync.client import check_metric_name
 from mqsync.errors import ConfigError
 from mqsync_plugins.sysinfo import (
+    MIN_INTERVAL_SECONDS,
     Snapshot,
     SysinfoCalculator,
     SysinfoSource,
@@ -311,3 +312,25 @@ def test_too_short_an_interval_gives_gauges_only():
     current = Snapshot(0.01, cpu_total=cpu(user=1.01, idle=1), nics={"eth0": nic(10)},
                        memory={"total": 1.0})
     assert calculator().compute(previous, current) == {f"{BASE}.mem.total": 1.0}
+
+
+def test_sysinfo_asks_once_for_a_priming_sample_long_enough_for_rates():
+    # mqsync-source --once: a priming update, this long a pause, then the update it sends
+    assert SysinfoSource.priming_interval >= MIN_INTERVAL_SECONDS
+
+
+def test_two_updates_a_priming_interval_apart_send_every_declared_metric(unique):
+    fake = FakePsutil()
+    fake.fail_disks = False
+    config = {"prefix": f"sys{unique}", "host": "box"}
+    source = SysinfoSource(f"source-sysinfo-{unique}", config=config, psutil_module=fake,
+                           schedule=False)
+    sent: dict[str, float] = {}
+    source.send = lambda metric, time, value: sent.__setitem__(metric, value)
+    with source:
+        declared = set(source.metrics())
+        source.update()
+        time.sleep(SysinfoSource.priming_interval)
+        sent.clear()
+        source.update()
+    assert set(sent) == declared and any(".net.eth0." in name for name in declared)
