@@ -40,6 +40,7 @@ from ._common import (
     EXIT_USAGE,
     CommandParser,
     duration_argument,
+    ends_quietly_on_closed_stdout,
     setup_logging,
 )
 
@@ -246,6 +247,7 @@ def select(metrics: Mapping[str, Any], exclude: str | None) -> dict[str, dict[st
             if pattern is None or not pattern.search(name)}
 
 
+@ends_quietly_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
         "check", token="sink-check-$USER-$HOST",

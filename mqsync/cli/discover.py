@@ -28,6 +28,7 @@ from ._common import (
     EXIT_USAGE,
     CommandParser,
     duration_argument,
+    ends_quietly_on_closed_stdout,
     setup_logging,
     start_client,
 )
@@ -218,6 +219,7 @@ def print_table(infos: list[ClientInfo]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
+@ends_quietly_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
         "discover", token="client-discover-$USER-$HOST",

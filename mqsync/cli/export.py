@@ -27,10 +27,12 @@ from ._common import (
     EXIT_CONNECT,
     EXIT_FAILURE,
     EXIT_OK,
+    EXIT_PIPE,
     EXIT_USAGE,
     CommandParser,
     duration_argument,
     setup_logging,
+    silence,
     start_client,
     time_argument,
 )
@@ -158,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         return failed
     try:
         return _export(client, args, start, end)
-    except BrokenPipeError:  # stdout closed early (| head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILURE
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, as cat does
+        silence(sys.stdout)
+        return EXIT_PIPE
     except ConnectFailed as error:
         print(f"mqsync-export: {error}", file=sys.stderr)
         return EXIT_CONNECT
