@@ -23,8 +23,7 @@ _INVALID = re.compile(r"[^A-Za-z0-9_-]+")
 #: Keys every plugin source accepts (handled by :class:`mqsync.plugin.PluginSource`).
 SCHEDULE_OPTIONS = (
     ConfigOption("rate", 1.0, "updates per second (ignored when period is set)", "float"),
-    ConfigOption("period", None, "time between updates, e.g. '500ms' (overrides rate)",
-                 "duration"),
+    ConfigOption("period", None, "time between updates, e.g. '500ms' (overrides rate)", "duration"),
 )
 
 
@@ -55,9 +54,12 @@ def check_prefix(value: Any, option: str = "prefix", *, allow_empty: bool = Fals
     if isinstance(value, str) and value == "" and allow_empty:
         return value
     if not isinstance(value, str) or not all(
-            segment and not _INVALID.search(segment) for segment in value.split(".")):
-        raise ConfigError(f"invalid {option} {value!r}: expected dot-separated segments of "
-                          "letters, digits, '_' and '-', e.g. 'sysinfo' or 'site.rack1'")
+        segment and not _INVALID.search(segment) for segment in value.split(".")
+    ):
+        raise ConfigError(
+            f"invalid {option} {value!r}: expected dot-separated segments of "
+            "letters, digits, '_' and '-', e.g. 'sysinfo' or 'site.rack1'"
+        )
     return value
 
 
@@ -68,8 +70,9 @@ def check_segment(value: Any, option: str) -> str:
         ConfigError: ``value`` is not a non-empty string of letters, digits, ``_``, ``-``.
     """
     if not isinstance(value, str) or not value or _INVALID.search(value):
-        raise ConfigError(f"invalid {option} {value!r}: expected letters, digits, '_' and '-' "
-                          "only, e.g. 'node01'")
+        raise ConfigError(
+            f"invalid {option} {value!r}: expected letters, digits, '_' and '-' only, e.g. 'node01'"
+        )
     return value
 
 
@@ -79,15 +82,25 @@ def check_patterns(value: Any, option: str) -> tuple[str, ...]:
     Raises:
         ConfigError: ``value`` is not a list of strings.
     """
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
-            isinstance(item, str) for item in value):
-        raise ConfigError(f"invalid {option} {value!r}: expected a list of name patterns, "
-                          "e.g. ['eth*', 'en*']")
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple))
+        or not all(isinstance(item, str) for item in value)
+    ):
+        raise ConfigError(
+            f"invalid {option} {value!r}: expected a list of name patterns, e.g. ['eth*', 'en*']"
+        )
     return tuple(value)
 
 
-def check_number(config: Mapping[str, Any], option: str, *, minimum: float | None = None,
-                 positive: bool = False, integer: bool = False) -> Any:
+def check_number(
+    config: Mapping[str, Any],
+    option: str,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+    integer: bool = False,
+) -> Any:
     """The number ``config[option]``.
 
     Raises:
@@ -96,8 +109,11 @@ def check_number(config: Mapping[str, Any], option: str, *, minimum: float | Non
     """
     value = config.get(option)
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
-            or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int if integer else (int, float))
+        or not math.isfinite(value)
+    ):
         raise ConfigError(f"invalid {option} {value!r}: expected {kind}")
     if positive and not value > 0:
         raise ConfigError(f"invalid {option} {value!r}: expected {kind} > 0")
@@ -120,12 +136,12 @@ def check_bool(config: Mapping[str, Any], option: str) -> bool:
 
 def selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
     """Whether ``name`` matches a pattern of ``include`` and none of ``exclude``."""
-    return (any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
-            and not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in include) and not any(
+        fnmatch.fnmatchcase(name, pattern) for pattern in exclude
+    )
 
 
-def check_known_keys(kind: str, config: Mapping[str, Any],
-                     options: Iterable[ConfigOption]) -> None:
+def check_known_keys(kind: str, config: Mapping[str, Any], options: Iterable[ConfigOption]) -> None:
     """Refuse configuration keys the source kind does not know (typos, keys of another
     kind), as ``cli.toml`` does.
 
@@ -142,5 +158,7 @@ def check_known_keys(kind: str, config: Mapping[str, Any],
         close = difflib.get_close_matches(str(key), known, n=1)
         described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     plural = "s" if len(unknown) > 1 else ""
-    raise ConfigError(f"unknown key{plural} {', '.join(described)} in the {kind} "
-                      f"configuration; the keys are {', '.join(known)}")
+    raise ConfigError(
+        f"unknown key{plural} {', '.join(described)} in the {kind} "
+        f"configuration; the keys are {', '.join(known)}"
+    )

@@ -29,14 +29,25 @@ MAX_METRICS = 100_000
 
 OPTIONS = (
     *SCHEDULE_OPTIONS,
-    ConfigOption("metrics", 1, "how many metrics (named <prefix>.0, <prefix>.1, ...), or a "
-                 "list of metric names (each put after the prefix)", "any"),
-    ConfigOption("prefix", "dummy", "metric name prefix; '' for none (with a list of names)",
-                 "str"),
+    ConfigOption(
+        "metrics",
+        1,
+        "how many metrics (named <prefix>.0, <prefix>.1, ...), or a "
+        "list of metric names (each put after the prefix)",
+        "any",
+    ),
+    ConfigOption(
+        "prefix", "dummy", "metric name prefix; '' for none (with a list of names)", "str"
+    ),
     ConfigOption("min", 0.0, "smallest value sent", "float"),
     ConfigOption("max", 1.0, "largest value sent", "float"),
-    ConfigOption("seed", None, "seed of the random generator (an int) for reproducible values; "
-                 "null for a different sequence each run", "int"),
+    ConfigOption(
+        "seed",
+        None,
+        "seed of the random generator (an int) for reproducible values; "
+        "null for a different sequence each run",
+        "int",
+    ),
     ConfigOption("unit", "", "the metrics' unit metadata", "str"),
 )
 
@@ -66,8 +77,9 @@ class DummySettings:
             names = []
             for name in count_or_names:
                 if not isinstance(name, str) or not name:
-                    raise ConfigError(f"invalid metric name {name!r} in metrics: expected a "
-                                      "non-empty string")
+                    raise ConfigError(
+                        f"invalid metric name {name!r} in metrics: expected a non-empty string"
+                    )
                 names.append(f"{prefix}.{name}" if prefix else name)
             if len(set(names)) != len(names):
                 raise ConfigError(f"invalid metrics {count_or_names!r}: names repeat")
@@ -138,5 +150,8 @@ class DummySource(PluginSource):
 @hookimpl
 def mqsync_source_kinds() -> list[SourceKind]:
     """The ``dummy`` source kind."""
-    return [SourceKind("dummy", DummySource, "random values at a configured rate (tests, demos)",
-                       OPTIONS)]
+    return [
+        SourceKind(
+            "dummy", DummySource, "random values at a configured rate (tests, demos)", OPTIONS
+        )
+    ]

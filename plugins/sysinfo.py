@@ -88,25 +88,38 @@ DEFAULT_DISK_EXCLUDE = ("loop*", "ram*", "zram*")
 OPTIONS = (
     *SCHEDULE_OPTIONS,
     ConfigOption("prefix", "sysinfo", "first part of every metric name", "str"),
-    ConfigOption("host", None, "second part of every metric name; null: this machine's short "
-                 "host name", "str"),
-    ConfigOption("collect", list(GROUPS), "which groups to measure: " + ", ".join(GROUPS),
-                 "list"),
+    ConfigOption(
+        "host",
+        None,
+        "second part of every metric name; null: this machine's short host name",
+        "str",
+    ),
+    ConfigOption("collect", list(GROUPS), "which groups to measure: " + ", ".join(GROUPS), "list"),
     ConfigOption("per_core", True, "also send the usage of each CPU core", "bool"),
     ConfigOption("nic_include", ["*"], "network interfaces to measure (name patterns)", "list"),
-    ConfigOption("nic_exclude", list(DEFAULT_NIC_EXCLUDE), "network interfaces to skip "
-                 "(name patterns, applied after nic_include)", "list"),
+    ConfigOption(
+        "nic_exclude",
+        list(DEFAULT_NIC_EXCLUDE),
+        "network interfaces to skip (name patterns, applied after nic_include)",
+        "list",
+    ),
     ConfigOption("disk_include", ["*"], "disks to measure (name patterns)", "list"),
-    ConfigOption("disk_exclude", list(DEFAULT_DISK_EXCLUDE), "disks to skip (name patterns, "
-                 "applied after disk_include)", "list"),
+    ConfigOption(
+        "disk_exclude",
+        list(DEFAULT_DISK_EXCLUDE),
+        "disks to skip (name patterns, applied after disk_include)",
+        "list",
+    ),
 )
 
 _CPU_IDLE = ("idle", "iowait")
 # Linux counts guest time in user and nice already: leave it out of the total.
 _CPU_NOT_IN_TOTAL = ("guest", "guest_nice")
 _SWAP_GAUGES = ("total", "used", "free", "percent")
-_SWAP_RATES = {"sin": ("in", "bytes swapped in from disk per second"),
-               "sout": ("out", "bytes swapped out to disk per second")}
+_SWAP_RATES = {
+    "sin": ("in", "bytes swapped in from disk per second"),
+    "sout": ("out", "bytes swapped out to disk per second"),
+}
 _DISK_RATES = {
     "read_bytes": ("read.bytes", "B/s", "bytes read per second"),
     "write_bytes": ("written.bytes", "B/s", "bytes written per second"),
@@ -146,16 +159,20 @@ class Snapshot:
     cpu_cores: tuple[Mapping[str, float], ...] = attrs.field(factory=tuple, converter=tuple)
     memory: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
     swap: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
-    disks: Mapping[str, Mapping[str, float]] = attrs.field(factory=dict,
-                                                           converter=_frozen_mapping)
-    nics: Mapping[str, Mapping[str, float]] = attrs.field(factory=dict,
-                                                          converter=_frozen_mapping)
+    disks: Mapping[str, Mapping[str, float]] = attrs.field(factory=dict, converter=_frozen_mapping)
+    nics: Mapping[str, Mapping[str, float]] = attrs.field(factory=dict, converter=_frozen_mapping)
     load: tuple[float, float, float] | None = None
 
     @classmethod
-    def take(cls, groups: Iterable[str] = GROUPS, *, per_core: bool = True,
-             psutil_module: ModuleType = psutil, clock: Any = time.monotonic,
-             problems: dict[str, str] | None = None) -> Snapshot:
+    def take(
+        cls,
+        groups: Iterable[str] = GROUPS,
+        *,
+        per_core: bool = True,
+        psutil_module: ModuleType = psutil,
+        clock: Any = time.monotonic,
+        problems: dict[str, str] | None = None,
+    ) -> Snapshot:
         """Read the groups ``groups`` from psutil now.
 
         A group whose psutil call raises is left empty, and the error is logged when it
@@ -193,13 +210,31 @@ class Snapshot:
         if "swap" in wanted:
             values["swap"] = read("swap", lambda: ps.swap_memory()._asdict()) or {}
         if "disk" in wanted:
-            values["disks"] = read("disk", lambda: {
-                name: counters._asdict() for name, counters in
-                (ps.disk_io_counters(perdisk=True, nowrap=False) or {}).items()}) or {}
+            values["disks"] = (
+                read(
+                    "disk",
+                    lambda: {
+                        name: counters._asdict()
+                        for name, counters in (
+                            ps.disk_io_counters(perdisk=True, nowrap=False) or {}
+                        ).items()
+                    },
+                )
+                or {}
+            )
         if "net" in wanted:
-            values["nics"] = read("net", lambda: {
-                name: counters._asdict() for name, counters in
-                (ps.net_io_counters(pernic=True, nowrap=False) or {}).items()}) or {}
+            values["nics"] = (
+                read(
+                    "net",
+                    lambda: {
+                        name: counters._asdict()
+                        for name, counters in (
+                            ps.net_io_counters(pernic=True, nowrap=False) or {}
+                        ).items()
+                    },
+                )
+                or {}
+            )
         if "load" in wanted:
             load = read("load", ps.getloadavg)
             values["load"] = tuple(load) if load is not None else None
@@ -271,13 +306,20 @@ class SysinfoCalculator:
         groups = check_patterns(config.get("collect"), "collect")
         unknown = sorted(set(groups) - set(GROUPS))
         if unknown:
-            raise ConfigError(f"invalid collect {list(groups)!r}: unknown {unknown}; expected "
-                              f"some of {list(GROUPS)}")
-        return cls(prefix, host, groups, check_bool(config, "per_core"),
-                   check_patterns(config.get("nic_include"), "nic_include"),
-                   check_patterns(config.get("nic_exclude"), "nic_exclude"),
-                   check_patterns(config.get("disk_include"), "disk_include"),
-                   check_patterns(config.get("disk_exclude"), "disk_exclude"))
+            raise ConfigError(
+                f"invalid collect {list(groups)!r}: unknown {unknown}; expected "
+                f"some of {list(GROUPS)}"
+            )
+        return cls(
+            prefix,
+            host,
+            groups,
+            check_bool(config, "per_core"),
+            check_patterns(config.get("nic_include"), "nic_include"),
+            check_patterns(config.get("nic_exclude"), "nic_exclude"),
+            check_patterns(config.get("disk_include"), "disk_include"),
+            check_patterns(config.get("disk_exclude"), "disk_exclude"),
+        )
 
     @property
     def base(self) -> str:
@@ -325,11 +367,11 @@ class SysinfoCalculator:
             for segment, disk in self.disks(snapshot).items():
                 for field, (name, unit, description) in _DISK_RATES.items():
                     if field in snapshot.disks[disk]:
-                        add(f"disk.{segment}.{name}", unit, f"{description}, {disk} on "
-                            f"{self.host}")
+                        add(f"disk.{segment}.{name}", unit, f"{description}, {disk} on {self.host}")
                 if "busy_time" in snapshot.disks[disk]:
-                    add(f"disk.{segment}.busy", "%", f"share of time {disk} on {self.host} was "
-                        "busy")
+                    add(
+                        f"disk.{segment}.busy", "%", f"share of time {disk} on {self.host} was busy"
+                    )
         if "net" in self.groups:
             for segment, nic in self.nics(snapshot).items():
                 for field, (name, unit, description) in _NIC_RATES.items():
@@ -372,8 +414,7 @@ class SysinfoCalculator:
             if rates:
                 assert previous is not None
                 for field, (name, _) in _SWAP_RATES.items():
-                    rate = counter_rate(previous.swap.get(field), current.swap.get(field),
-                                        seconds)
+                    rate = counter_rate(previous.swap.get(field), current.swap.get(field), seconds)
                     if rate is not None:
                         values[f"{base}.swap.{name}"] = rate
         if "disk" in self.groups and rates:
@@ -406,8 +447,9 @@ class SysinfoCalculator:
         return values
 
 
-def _devices(devices: Mapping[str, Any], include: Iterable[str],
-             exclude: Iterable[str]) -> dict[str, str]:
+def _devices(
+    devices: Mapping[str, Any], include: Iterable[str], exclude: Iterable[str]
+) -> dict[str, str]:
     chosen: dict[str, str] = {}
     for name in sorted(devices):
         if selected(name, include, exclude):
@@ -429,8 +471,14 @@ class SysinfoSource(PluginSource):
     #: need two, and half a second gives CPU usage a resolution of 2 % per core.
     priming_interval = 0.5
 
-    def __init__(self, token: str, url: str | None = None, *,
-                 psutil_module: ModuleType | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        token: str,
+        url: str | None = None,
+        *,
+        psutil_module: ModuleType | None = None,
+        **kwargs: Any,
+    ):
         self._psutil = psutil_module or psutil
         self._calculator: SysinfoCalculator | None = None
         self._previous: Snapshot | None = None
@@ -450,8 +498,12 @@ class SysinfoSource(PluginSource):
         self._calculator = SysinfoCalculator.from_config(config)
 
     def _snapshot(self, calculator: SysinfoCalculator) -> Snapshot:
-        return Snapshot.take(calculator.groups, per_core=calculator.per_core,
-                             psutil_module=self._psutil, problems=self._problems)
+        return Snapshot.take(
+            calculator.groups,
+            per_core=calculator.per_core,
+            psutil_module=self._psutil,
+            problems=self._problems,
+        )
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         calculator = self.calculator
@@ -483,16 +535,27 @@ class SysinfoSource(PluginSource):
             try:
                 self.declare_metrics(new)
             except Exception as error:  # noqa: BLE001 - send anyway, declare next update
-                logger.warning("%s: could not declare %d new metrics (%s); retrying with the "
-                               "next update", self.token, len(new), error)
+                logger.warning(
+                    "%s: could not declare %d new metrics (%s); retrying with the next update",
+                    self.token,
+                    len(new),
+                    error,
+                )
                 return
             self._declared.update(new)
-            logger.info("%s: declared %d metrics (%s ...)", self.token, len(new),
-                        ", ".join(sorted(new)[:3]))
+            logger.info(
+                "%s: declared %d metrics (%s ...)", self.token, len(new), ", ".join(sorted(new)[:3])
+            )
 
 
 @hookimpl
 def mqsync_source_kinds() -> list[SourceKind]:
     """The ``sysinfo`` source kind."""
-    return [SourceKind("sysinfo", SysinfoSource, "this machine's CPU, memory, swap, disk and "
-                       "network IO and load average (psutil)", OPTIONS)]
+    return [
+        SourceKind(
+            "sysinfo",
+            SysinfoSource,
+            "this machine's CPU, memory, swap, disk and network IO and load average (psutil)",
+            OPTIONS,
+        )
+    ]

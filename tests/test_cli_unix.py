@@ -59,10 +59,12 @@ def command(module: str, *args: object) -> list[str]:
     return [sys.executable, "-m", f"mqsync.cli.{module}", *map(str, args)]
 
 
-def run(module: str, *args: object, env: dict[str, str], timeout: float = 60
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command(module, *args), capture_output=True, text=True, env=env,
-                          timeout=timeout)
+def run(
+    module: str, *args: object, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(module, *args), capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 class Running:
@@ -103,13 +105,13 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(module: str, *args: object, env: dict[str, str], tmp_path: Path
-            ) -> Iterator[Running]:
+def running(module: str, *args: object, env: dict[str, str], tmp_path: Path) -> Iterator[Running]:
     """``module`` running; killed and reaped if the test leaves it running."""
     stderr_path = tmp_path / f"{module}-{time.monotonic_ns()}.stderr"
     with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(command(module, *args), stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True, env=env)
+        process = subprocess.Popen(
+            command(module, *args), stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
     try:
         yield Running(process, stderr_path)
     finally:
@@ -122,8 +124,9 @@ def running(module: str, *args: object, env: dict[str, str], tmp_path: Path
 
 def assert_quiet_end(code: int | None, stderr: str) -> None:
     """Ended as ``cat`` does when its reader went away: 0 or 141, nothing alarming said."""
-    assert code is not None, f"still running {PIPE_EXIT_TIMEOUT} s after its stdout closed; " \
-        f"stderr: {stderr[-2000:]}"
+    assert code is not None, (
+        f"still running {PIPE_EXIT_TIMEOUT} s after its stdout closed; stderr: {stderr[-2000:]}"
+    )
     assert code in (0, EXIT_PIPE), (code, stderr[-2000:])
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
     assert "Exception ignored" not in stderr, stderr[-2000:]
@@ -137,17 +140,23 @@ def dummy_config(tmp_path: Path, prefix: str, metrics: int = 2) -> Path:
 
 
 def wait_for_text(running_command: Running, text: str, timeout: float = 30) -> bool:
-    return wait_until(lambda: text in running_command.stderr
-                      or running_command.process.poll() is not None, timeout, 0.05) \
+    return (
+        wait_until(
+            lambda: text in running_command.stderr or running_command.process.poll() is not None,
+            timeout,
+            0.05,
+        )
         and text in running_command.stderr
+    )
 
 
 # -- 1. a closed stdout ends the command quietly ---------------------------------------
 
 
 def test_source_piped_into_a_reader_that_stops_after_three_lines_ends_quietly(env, tmp_path):
-    with running("source", "--plugin", "sysinfo", "--period", "50ms", env=env,
-                 tmp_path=tmp_path) as source:
+    with running(
+        "source", "--plugin", "sysinfo", "--period", "50ms", env=env, tmp_path=tmp_path
+    ) as source:
         lines = source.read_lines(3)
         assert len(lines) == 3, source.stderr
         source.close_stdout()
@@ -156,8 +165,7 @@ def test_source_piped_into_a_reader_that_stops_after_three_lines_ends_quietly(en
 
 
 def test_source_once_into_a_reader_gone_before_it_printed_ends_quietly(env, tmp_path):
-    with running("source", "--plugin", "sysinfo", "--once", env=env,
-                 tmp_path=tmp_path) as source:
+    with running("source", "--plugin", "sysinfo", "--once", env=env, tmp_path=tmp_path) as source:
         source.close_stdout()  # before the update: its first line meets a closed pipe
         code = source.wait(PIPE_EXIT_TIMEOUT)
         assert_quiet_end(code, source.stderr)
@@ -167,14 +175,35 @@ def test_source_once_into_a_reader_gone_before_it_printed_ends_quietly(env, tmp_
 @pytest.mark.broker
 @pytest.mark.parametrize("output_format", ["text", "csv"])
 def test_sink_piped_into_a_reader_that_stops_after_three_lines_ends_quietly(
-        manager, unique, env, tmp_path, output_format):
+    manager, unique, env, tmp_path, output_format
+):
     config = dummy_config(tmp_path, unique, metrics=1)
-    with running("source", "--plugin", "dummy", "--url", manager.url, "--token",
-                 f"source-{unique}", "--config", config, "--period", "10ms", env=env,
-                 tmp_path=tmp_path) as source:
+    with running(
+        "source",
+        "--plugin",
+        "dummy",
+        "--url",
+        manager.url,
+        "--token",
+        f"source-{unique}",
+        "--config",
+        config,
+        "--period",
+        "10ms",
+        env=env,
+        tmp_path=tmp_path,
+    ) as source:
         assert wait_for_text(source, "sending"), source.stderr
-        with running("sink", "--url", manager.url, "--format", output_format, f"{unique}.0",
-                     env=env, tmp_path=tmp_path) as sink:
+        with running(
+            "sink",
+            "--url",
+            manager.url,
+            "--format",
+            output_format,
+            f"{unique}.0",
+            env=env,
+            tmp_path=tmp_path,
+        ) as sink:
             lines = sink.read_lines(3)
             assert len(lines) == 3, sink.stderr
             sink.close_stdout()
@@ -222,12 +251,24 @@ def test_once_sends_every_metric_sysinfo_declares(env):
 def test_once_on_the_broker_delivers_every_sysinfo_metric(manager, unique, env, tmp_path):
     config = tmp_path / "sysinfo.toml"
     config.write_text(f'prefix = "t{unique}"\n')
-    declared = _declared(run("source", "--plugin", "sysinfo", "--config", config, "--check",
-                             env=env))
+    declared = _declared(
+        run("source", "--plugin", "sysinfo", "--config", config, "--check", env=env)
+    )
     with RecordingSink(f"sink-{unique}", manager.url) as sink:
         sink.subscribe(declared)
-        result = run("source", "--plugin", "sysinfo", "--config", config, "--once", "--url",
-                     manager.url, "--token", f"source-sysinfo-{unique}", env=env)
+        result = run(
+            "source",
+            "--plugin",
+            "sysinfo",
+            "--config",
+            config,
+            "--once",
+            "--url",
+            manager.url,
+            "--token",
+            f"source-sysinfo-{unique}",
+            env=env,
+        )
         assert result.returncode == 0, result.stderr
         assert wait_until(lambda: sink.count() >= len(declared), timeout=30)
         time.sleep(0.2)
@@ -238,38 +279,74 @@ def test_once_on_the_broker_delivers_every_sysinfo_metric(manager, unique, env, 
 
 
 @pytest.mark.broker
-def test_source_prints_one_startup_line_and_a_status_line_per_interval(manager, unique, env,
-                                                                         tmp_path):
+def test_source_prints_one_startup_line_and_a_status_line_per_interval(
+    manager, unique, env, tmp_path
+):
     token = f"source-{unique}"
     config = dummy_config(tmp_path, unique)
-    with running("source", "--plugin", "dummy", "--url", manager.url, "--token", token,
-                 "--config", config, "--period", "100ms", "--status-interval", "1s", env=env,
-                 tmp_path=tmp_path) as source:
-        assert wait_until(lambda: source.stderr.count("status:") >= 2
-                          or source.process.poll() is not None, timeout=30), source.stderr
+    with running(
+        "source",
+        "--plugin",
+        "dummy",
+        "--url",
+        manager.url,
+        "--token",
+        token,
+        "--config",
+        config,
+        "--period",
+        "100ms",
+        "--status-interval",
+        "1s",
+        env=env,
+        tmp_path=tmp_path,
+    ) as source:
+        assert wait_until(
+            lambda: source.stderr.count("status:") >= 2 or source.process.poll() is not None,
+            timeout=30,
+        ), source.stderr
         source.process.send_signal(signal.SIGTERM)
         assert source.wait(20) == 0, source.stderr
         lines = source.stderr.splitlines()
     startup = lines[0]
-    for expected in ("dummy", repr(token), redact_url(manager.url), "2 metric(s)",
-                     "every 100ms", "every 1s"):
+    for expected in (
+        "dummy",
+        repr(token),
+        redact_url(manager.url),
+        "2 metric(s)",
+        "every 100ms",
+        "every 1s",
+    ):
         assert expected in startup, (expected, startup)
     status = [line for line in lines if "status:" in line]
     assert len(status) >= 2 and len(lines) == 1 + len(status), lines
-    counts = [int(re.search(r"status: (\d+) points in (\d+) chunks", line).group(1))
-              for line in status]
+    counts = [
+        int(re.search(r"status: (\d+) points in (\d+) chunks", line).group(1)) for line in status
+    ]
     assert counts[-1] > counts[0] > 0, status
-    assert all("reconnects" in line and "lost" in line and "updates" in line
-               for line in status)
+    assert all("reconnects" in line and "lost" in line and "updates" in line for line in status)
     assert ":guest@" not in source.stderr  # the password (guest) is masked
 
 
 @pytest.mark.broker
-def test_source_without_status_interval_prints_only_the_startup_line(manager, unique, env,
-                                                                      tmp_path):
-    with running("source", "--plugin", "dummy", "--url", manager.url, "--token",
-                 f"source-{unique}", "--config", dummy_config(tmp_path, unique), "--period",
-                 "100ms", env=env, tmp_path=tmp_path) as source:
+def test_source_without_status_interval_prints_only_the_startup_line(
+    manager, unique, env, tmp_path
+):
+    with running(
+        "source",
+        "--plugin",
+        "dummy",
+        "--url",
+        manager.url,
+        "--token",
+        f"source-{unique}",
+        "--config",
+        dummy_config(tmp_path, unique),
+        "--period",
+        "100ms",
+        env=env,
+        tmp_path=tmp_path,
+    ) as source:
         assert wait_for_text(source, "sending"), source.stderr
         time.sleep(2)
         source.process.send_signal(signal.SIGTERM)
@@ -282,15 +359,29 @@ def test_source_without_status_interval_prints_only_the_startup_line(manager, un
 
 
 @pytest.mark.broker
-def test_a_second_client_with_the_same_token_is_told_to_pick_another(manager, unique, env,
-                                                                     tmp_path):
+def test_a_second_client_with_the_same_token_is_told_to_pick_another(
+    manager, unique, env, tmp_path
+):
     token = f"source-{unique}"
     config = dummy_config(tmp_path, unique)
-    with running("source", "--plugin", "dummy", "--url", manager.url, "--token", token,
-                 "--config", config, env=env, tmp_path=tmp_path) as first:
+    with running(
+        "source",
+        "--plugin",
+        "dummy",
+        "--url",
+        manager.url,
+        "--token",
+        token,
+        "--config",
+        config,
+        env=env,
+        tmp_path=tmp_path,
+    ) as first:
         assert wait_for_text(first, "sending"), first.stderr
-        for module, args in (("source", ("--plugin", "dummy", "--config", config, "--once")),
-                             ("send", (f"{unique}.0", 1.5))):
+        for module, args in (
+            ("source", ("--plugin", "dummy", "--config", config, "--once")),
+            ("send", (f"{unique}.0", 1.5)),
+        ):
             result = run(module, "--url", manager.url, "--token", token, *args, env=env)
             assert result.returncode == 3, result.stderr
             message = result.stderr.strip()
@@ -304,11 +395,14 @@ def test_a_second_client_with_the_same_token_is_told_to_pick_another(manager, un
 # -- 5. a connection error is said once, in the user's terms ----------------------------
 
 
-@pytest.mark.parametrize("module, args", [
-    ("source", ("--plugin", "dummy")),
-    ("sink", ("some.metric",)),
-    ("send", ("some.metric", "1")),
-])
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("source", ("--plugin", "dummy")),
+        ("sink", ("some.metric",)),
+        ("send", ("some.metric", "1")),
+    ],
+)
 def test_a_connection_error_is_printed_once_without_internal_names(env, module, args):
     with socket.socket() as probe:  # the test needs a port where nothing listens
         assert probe.connect_ex(("127.0.0.1", 1)) != 0
@@ -345,16 +439,28 @@ def _failed(cause: BaseException, message: str = "mqsync-tok-mgmt: cannot connec
         return error
 
 
-@pytest.mark.parametrize("cause, url, expected", [
-    (_Locked(), "amqp://u:pw@host/", ["the token 'tok' is in use", "--token",
-                                      "amqp://u:******@host/"]),
-    (_Refused(), "amqp://alice:pw@host/", ["refused the login of user 'alice'", "password"]),
-    (_NoVhost(), "amqp://u:pw@host/lab", ["no virtual host 'lab'", "rabbitmqctl add_vhost"]),
-    (ConnectionRefusedError(111, "Connection refused"), "amqps://u:pw@host/",
-     ["nothing accepts connections at host:5671"]),
-    (socket.gaierror(-2, "Name or service not known"), "amqp://u:pw@nohost.invalid/",
-     ["'nohost.invalid' does not resolve", "check the host"]),
-])
+@pytest.mark.parametrize(
+    "cause, url, expected",
+    [
+        (
+            _Locked(),
+            "amqp://u:pw@host/",
+            ["the token 'tok' is in use", "--token", "amqp://u:******@host/"],
+        ),
+        (_Refused(), "amqp://alice:pw@host/", ["refused the login of user 'alice'", "password"]),
+        (_NoVhost(), "amqp://u:pw@host/lab", ["no virtual host 'lab'", "rabbitmqctl add_vhost"]),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            "amqps://u:pw@host/",
+            ["nothing accepts connections at host:5671"],
+        ),
+        (
+            socket.gaierror(-2, "Name or service not known"),
+            "amqp://u:pw@nohost.invalid/",
+            ["'nohost.invalid' does not resolve", "check the host"],
+        ),
+    ],
+)
 def test_connect_failure_message_names_the_cause_in_the_users_terms(cause, url, expected):
     message = connect_failure_message(_failed(cause), url, "tok")
     assert all(text in message for text in expected), message
@@ -362,8 +468,10 @@ def test_connect_failure_message_names_the_cause_in_the_users_terms(cause, url, 
 
 
 def test_connect_failure_message_without_a_known_cause_drops_the_internal_names():
-    lost = ConnectFailed("tok: mqsync-tok-data: gave up reconnecting to amqp://u:******@h/ "
-                         "after 60 s (40 attempts): [Errno 111] Connection refused")
+    lost = ConnectFailed(
+        "tok: mqsync-tok-data: gave up reconnecting to amqp://u:******@h/ "
+        "after 60 s (40 attempts): [Errno 111] Connection refused"
+    )
     message = connect_failure_message(lost, "amqp://u:pw@h/", "tok")
     assert message.startswith("lost the connection to the network and gave up reconnecting")
     assert "mqsync-tok" not in message and "tok:" not in message
@@ -378,8 +486,7 @@ def test_the_librarys_error_line_about_a_reported_failure_is_filtered():
 
     failure = ConnectFailed("mqsync-tok-mgmt: cannot connect")
     keep = _ReportedByTheCommand().filter
-    assert not keep(record("mqsync.client", logging.ERROR, "%s: start failed: %s", "tok",
-                           failure))
+    assert not keep(record("mqsync.client", logging.ERROR, "%s: start failed: %s", "tok", failure))
     assert not keep(record("mqsync.connection", logging.ERROR, "%s", failure))
     assert keep(record("mqsync.connection", logging.WARNING, "%s: lost: %s", "x", failure))
     assert keep(record("mqsync.source", logging.ERROR, "%s: 3 points lost", "tok"))
@@ -422,8 +529,9 @@ def test_status_interval_comes_from_cli_toml_too(env, tmp_path):
 def test_an_unknown_key_from_the_manager_stops_the_source_with_its_name(manager, unique, env):
     token = f"source-{unique}"
     manager.set_config(token, {"prefix": unique, "metricz": 2})
-    result = run("source", "--plugin", "dummy", "--url", manager.url, "--token", token,
-                 "--once", env=env)
+    result = run(
+        "source", "--plugin", "dummy", "--url", manager.url, "--token", token, "--once", env=env
+    )
     assert result.returncode == 1, result.stderr
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1, message
@@ -446,6 +554,9 @@ def test_every_option_has_a_help_line(main, monkeypatch):
     with pytest.raises(SystemExit):
         main([])
     (parser,) = parsers
-    missing = [action.option_strings for action in parser._actions
-               if action.option_strings and not action.help]
+    missing = [
+        action.option_strings
+        for action in parser._actions
+        if action.option_strings and not action.help
+    ]
     assert not missing, missing

@@ -81,7 +81,8 @@ CONFIG_HELP = (
     "$MQSYNC_CONFIG, else ~/.config/mqsync/cli.toml; TOML or JSON): top-level url, token, "
     "log_level, and a [{command}] table with any of {keys}.  The command line wins over the "
     "environment, which wins over the file.  $USER and $HOST are expanded in tokens.  "
-    "--show-config prints what applies and where it came from.")
+    "--show-config prints what applies and where it came from."
+)
 
 
 def setup_logging(level: str) -> None:
@@ -91,8 +92,10 @@ def setup_logging(level: str) -> None:
     connection given up) are left out: the command reports that failure itself, once, when
     it ends (:func:`connect_failure_message`).
     """
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s",
+    )
     if level != "debug":
         for handler in logging.getLogger().handlers:
             if not any(isinstance(f, _ReportedByTheCommand) for f in handler.filters):
@@ -187,8 +190,14 @@ def ends_quietly_on_closed_stdout(main: Callable[..., int]) -> Callable[..., int
 class _Setting:
     """One option that may also come from the environment or the configuration file."""
 
-    def __init__(self, action: argparse.Action, key: str, env: str | None, default: Any,
-                 convert: Callable[[Any], Any] | None):
+    def __init__(
+        self,
+        action: argparse.Action,
+        key: str,
+        env: str | None,
+        default: Any,
+        convert: Callable[[Any], Any] | None,
+    ):
         self.action = action
         self.key = key
         self.env = env
@@ -218,12 +227,15 @@ class _Setting:
             else:
                 raise TypeError(f"expected a string or a number, got {type(value).__name__}")
         except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-            raise ConfigError(f"invalid {self.key} {_shown(self.key, value)} in {where}: "
-                              f"{error}") from None
+            raise ConfigError(
+                f"invalid {self.key} {_shown(self.key, value)} in {where}: {error}"
+            ) from None
         choices = self.action.choices
         if choices is not None and value not in choices:
-            raise ConfigError(f"invalid {self.key} {_shown(self.key, value)} in {where}: "
-                              f"expected one of {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"invalid {self.key} {_shown(self.key, value)} in {where}: "
+                f"expected one of {', '.join(map(str, choices))}"
+            )
         return value
 
 
@@ -241,13 +253,15 @@ class CommandParser(argparse.ArgumentParser):
     ``config_sources`` (where each came from) and ``config_file`` (the file read, or None).
     """
 
-    def __init__(self, command: str, *, token: str | None = None, url_required: bool = True,
-                 **kwargs: Any):
+    def __init__(
+        self, command: str, *, token: str | None = None, url_required: bool = True, **kwargs: Any
+    ):
         kwargs.setdefault("prog", f"mqsync-{command}")
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         if kwargs.get("description"):
-            kwargs["description"] = textwrap.fill(kwargs["description"], width=88,
-                                                  break_on_hyphens=False)
+            kwargs["description"] = textwrap.fill(
+                kwargs["description"], width=88, break_on_hyphens=False
+            )
         super().__init__(**kwargs)
         self._examples = (self.epilog or "").rstrip("\n")
         # "-1h", "-10s", "-2.5e3" are values (times, durations, numbers), never options:
@@ -256,31 +270,55 @@ class CommandParser(argparse.ArgumentParser):
         self.command = command
         self.url_required = url_required
         self._settings: list[_Setting] = []
-        self.add_argument("--config-file", metavar="FILE",
-                          help=f"configuration file (default: ${CONFIG_ENV}, else "
-                          f"{DEFAULT_CONFIG_FILE} if it exists)")
-        self.add_argument("--show-config", action="store_true",
-                          help="print the settings that apply and where they come from, then "
-                          "exit")
-        self.add_setting("--url", env="MQSYNC_URL",
-                         help="broker URL, e.g. amqp://user:pass@host/ (env MQSYNC_URL)")
+        self.add_argument(
+            "--config-file",
+            metavar="FILE",
+            help=f"configuration file (default: ${CONFIG_ENV}, else "
+            f"{DEFAULT_CONFIG_FILE} if it exists)",
+        )
+        self.add_argument(
+            "--show-config",
+            action="store_true",
+            help="print the settings that apply and where they come from, then exit",
+        )
+        self.add_setting(
+            "--url",
+            env="MQSYNC_URL",
+            help="broker URL, e.g. amqp://user:pass@host/ (env MQSYNC_URL)",
+        )
         if token is not None:
-            self.add_setting("--token", env="MQSYNC_TOKEN", default=token,
-                             help=f"this client's token (env MQSYNC_TOKEN; default: {token})")
-        self.add_setting("--log-level", env="MQSYNC_LOG_LEVEL", default="warning",
-                         choices=list(LOG_LEVELS), help="log verbosity (default: warning)")
+            self.add_setting(
+                "--token",
+                env="MQSYNC_TOKEN",
+                default=token,
+                help=f"this client's token (env MQSYNC_TOKEN; default: {token})",
+            )
+        self.add_setting(
+            "--log-level",
+            env="MQSYNC_LOG_LEVEL",
+            default="warning",
+            choices=list(LOG_LEVELS),
+            help="log verbosity (default: warning)",
+        )
 
     def format_help(self) -> str:
         """The help, ending with where the settings come from (this command's keys named)."""
         keys = ", ".join(s.key for s in self._settings)
-        config = textwrap.fill(CONFIG_HELP.format(command=self.command, keys=keys), width=88,
-                               break_on_hyphens=False)
+        config = textwrap.fill(
+            CONFIG_HELP.format(command=self.command, keys=keys), width=88, break_on_hyphens=False
+        )
         self.epilog = f"{self._examples}\n\n{config}" if self._examples else config
         return super().format_help()
 
-    def add_setting(self, *flags: str, key: str | None = None, env: str | None = None,
-                    default: Any = None, convert: Callable[[Any], Any] | None = None,
-                    **kwargs: Any) -> argparse.Action:
+    def add_setting(
+        self,
+        *flags: str,
+        key: str | None = None,
+        env: str | None = None,
+        default: Any = None,
+        convert: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> argparse.Action:
         """Add an option that may also be set in the command's table of the config file.
 
         ``key`` is its name in the file (default: the option's dest, ``log_level``), ``env``
@@ -292,9 +330,9 @@ class CommandParser(argparse.ArgumentParser):
         self._settings.append(_Setting(action, key or action.dest, env, default, convert))
         return action
 
-    def parse_known_args(self, args: Sequence[str] | None = None,
-                         namespace: argparse.Namespace | None = None
-                         ) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         namespace, extras = super().parse_known_args(args, namespace)
         try:
             self._resolve(namespace)
@@ -304,8 +342,7 @@ class CommandParser(argparse.ArgumentParser):
             self._show_config(namespace)
             self.exit(EXIT_OK)
         if self.url_required and not namespace.url:
-            self.error("no broker URL: give --url, set $MQSYNC_URL, or put url in the config "
-                       "file")
+            self.error("no broker URL: give --url, set $MQSYNC_URL, or put url in the config file")
         return namespace, extras
 
     # -- resolution ----------------------------------------------------------------
@@ -325,15 +362,19 @@ class CommandParser(argparse.ArgumentParser):
         data = read_config_file(path)
         for key, value in data.items():
             if not isinstance(value, dict) and key not in COMMON_KEYS:
-                raise ConfigError(f"unknown key {key!r} in {path}: expected "
-                                  f"{', '.join(COMMON_KEYS)} or a table per command, "
-                                  f"e.g. [{self.command}]")
+                raise ConfigError(
+                    f"unknown key {key!r} in {path}: expected "
+                    f"{', '.join(COMMON_KEYS)} or a table per command, "
+                    f"e.g. [{self.command}]"
+                )
         table = data.get(self.command, {})
         known = {setting.key for setting in self._settings}
         for key in table:
             if key not in known:
-                raise ConfigError(f"unknown key {key!r} in table [{self.command}] of {path}: "
-                                  f"expected one of {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"unknown key {key!r} in table [{self.command}] of {path}: "
+                    f"expected one of {', '.join(sorted(known))}"
+                )
         top = {key: value for key, value in data.items() if key in COMMON_KEYS}
         return top, table
 
@@ -418,14 +459,17 @@ def expand_token(token: str) -> str:
     Raises:
         ConfigError: it names any other variable (a typo such as ``$HOSTNAME``).
     """
+
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
         if name == "USER":
             return user_name()
         if name == "HOST":
             return host_name()
-        raise ConfigError(f"invalid token {token!r}: unknown variable ${name}; only $USER and "
-                          "$HOST (or ${USER}, ${HOST}) are expanded")
+        raise ConfigError(
+            f"invalid token {token!r}: unknown variable ${name}; only $USER and "
+            "$HOST (or ${USER}, ${HOST}) are expanded"
+        )
 
     return _VARIABLE.sub(replace, token)
 
@@ -456,8 +500,11 @@ def parse_time(text: str, *, now: Timestamp | None = None) -> Timestamp:
         except ValueError:
             pass
     elif _NUMBER.fullmatch(text):
-        return Timestamp.from_posix_seconds(float(text)) if "." in text \
+        return (
+            Timestamp.from_posix_seconds(float(text))
+            if "." in text
             else Timestamp(int(text) * 1_000_000_000)
+        )
     else:
         try:
             return Timestamp.from_iso8601(text)
@@ -469,9 +516,11 @@ def parse_time(text: str, *, now: Timestamp | None = None) -> Timestamp:
             else:
                 if local.tzinfo is None:
                     return Timestamp.from_local_datetime(local)
-    raise ValueError(f"invalid time {text!r}: expected 'now', a relative duration like '-1h' "
-                     "or '-30s', POSIX seconds like 1700000000, or ISO 8601 like "
-                     "2024-05-01T12:00:00Z")
+    raise ValueError(
+        f"invalid time {text!r}: expected 'now', a relative duration like '-1h' "
+        "or '-30s', POSIX seconds like 1700000000, or ISO 8601 like "
+        "2024-05-01T12:00:00Z"
+    )
 
 
 def time_argument(text: str) -> Timestamp:
@@ -501,8 +550,10 @@ def start_client(prog: str, client: Any, url: str | None = None) -> int | None:
     try:
         client.start()
     except (ConnectFailed, RPCTimeout) as error:
-        print(f"{prog}: {connect_failure_message(error, url or client.url, client.token)}",
-              file=sys.stderr)
+        print(
+            f"{prog}: {connect_failure_message(error, url or client.url, client.token)}",
+            file=sys.stderr,
+        )
         return EXIT_CONNECT
     return None
 
@@ -516,8 +567,7 @@ _RESOURCE_LOCKED = 405
 _NOT_ALLOWED = 530
 
 
-def connect_failure_message(error: BaseException, url: str | None,
-                            token: str | None = None) -> str:
+def connect_failure_message(error: BaseException, url: str | None, token: str | None = None) -> str:
     """Why a command could not reach the network (or lost it), for its users.
 
     Names the broker (``url``, the password masked; ``None``: the embedded network), what
@@ -533,43 +583,64 @@ def connect_failure_message(error: BaseException, url: str | None,
     parts = urlsplit(url) if url else None
     if code == _RESOURCE_LOCKED:
         named = f"the token {token!r}" if token else "this client's token"
-        return (f"{named} is in use by another client on {where}; stop that client, or give "
-                "this one another token with --token NAME (or $MQSYNC_TOKEN)")
+        return (
+            f"{named} is in use by another client on {where}; stop that client, or give "
+            "this one another token with --token NAME (or $MQSYNC_TOKEN)"
+        )
     if code == _ACCESS_REFUSED and "login" in text.lower():
         user = unquote(parts.username) if parts is not None and parts.username else "guest"
-        return (f"the broker at {where} refused the login of user {user!r}: check the user "
-                "name and password in the URL")
+        return (
+            f"the broker at {where} refused the login of user {user!r}: check the user "
+            "name and password in the URL"
+        )
     if code == _ACCESS_REFUSED:
-        return (f"the broker at {where} refused access: {text} (does the user have "
-                "permissions on this virtual host?)")
+        return (
+            f"the broker at {where} refused access: {text} (does the user have "
+            "permissions on this virtual host?)"
+        )
     if code == _NOT_ALLOWED and "vhost" in text:
         vhost = unquote(parts.path[1:]) if parts is not None and parts.path[1:] else "/"
-        return (f"the broker at {where} has no virtual host {vhost!r}: check the path at the "
-                "end of the URL (an administrator adds one with rabbitmqctl add_vhost)")
+        return (
+            f"the broker at {where} has no virtual host {vhost!r}: check the path at the "
+            "end of the URL (an administrator adds one with rabbitmqctl add_vhost)"
+        )
     if code == _NOT_FOUND and "metricq." in str(error):
-        return (f"no MetricQ manager on {where}: its exchanges do not exist; start "
-                "mqsync-manager on this network, or check the virtual host in the URL")
+        return (
+            f"no MetricQ manager on {where}: its exchanges do not exist; start "
+            "mqsync-manager on this network, or check the virtual host in the URL"
+        )
     if isinstance(cause, ConnectionRefusedError):
         address = _address(parts)
-        return (f"cannot connect to {where}: nothing accepts connections at {address}; is "
-                "RabbitMQ running there, and is the port right (amqp 5672, amqps 5671)?")
+        return (
+            f"cannot connect to {where}: nothing accepts connections at {address}; is "
+            "RabbitMQ running there, and is the port right (amqp 5672, amqps 5671)?"
+        )
     if isinstance(cause, socket.gaierror):
         host = parts.hostname if parts is not None else None
-        return (f"cannot connect to {where}: the host name {host!r} does not resolve "
-                f"({cause.strerror or cause}); check the host in the URL")
+        return (
+            f"cannot connect to {where}: the host name {host!r} does not resolve "
+            f"({cause.strerror or cause}); check the host in the URL"
+        )
     if isinstance(cause, ssl.SSLError):
-        return (f"cannot connect to {where}: the TLS handshake failed ({cause}); check "
-                "amqps:// against the broker's port and certificate")
+        return (
+            f"cannot connect to {where}: the TLS handshake failed ({cause}); check "
+            "amqps:// against the broker's port and certificate"
+        )
     told = _own_words(error, token)
     if isinstance(error, RPCTimeout):
-        return (f"the MetricQ manager on {where} did not answer in time ({told}); is "
-                "mqsync-manager running on this network?")
+        return (
+            f"the MetricQ manager on {where} did not answer in time ({told}); is "
+            "mqsync-manager running on this network?"
+        )
     if told.startswith("gave up reconnecting"):
         return f"lost the connection to the network and {told}"
-    if isinstance(cause, TimeoutError) or (told.startswith("no connection to") and
-                                           " within " in told):
-        return (f"no connection to {where} in time: a firewall, a wrong host or port, or an "
-                "overloaded broker?")
+    if isinstance(cause, TimeoutError) or (
+        told.startswith("no connection to") and " within " in told
+    ):
+        return (
+            f"no connection to {where} in time: a firewall, a wrong host or port, or an "
+            "overloaded broker?"
+        )
     if where in told:
         return told
     return f"cannot connect to {where}: {told}"
@@ -578,8 +649,7 @@ def connect_failure_message(error: BaseException, url: str | None,
 def _root_cause(error: BaseException) -> BaseException:
     seen = {id(error)}
     while True:
-        following = error.__cause__ or (None if error.__suppress_context__ else
-                                        error.__context__)
+        following = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
         if following is None or id(following) in seen:
             return error
         seen.add(id(following))
@@ -606,7 +676,7 @@ def _own_words(error: BaseException, token: str | None = None) -> str:
     text = str(error)
     while True:
         if token and text.startswith(f"{token}: "):
-            text = text[len(token) + 2:]
+            text = text[len(token) + 2 :]
         elif _CONNECTION_NAME.match(text):
             text = _CONNECTION_NAME.sub("", text, count=1)
         else:

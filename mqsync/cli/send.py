@@ -54,33 +54,47 @@ def value_argument(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number such "
-                                         "as 21.5, -3, 1e6 or nan") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a number such as 21.5, -3, 1e6 or nan"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
-        "send", token="source-send-$USER-$HOST",
+        "send",
+        token="source-send-$USER-$HOST",
         description="Send one data point of a MetricQ metric and wait until the broker "
-        "confirmed it.", epilog=EXAMPLE)
+        "confirmed it.",
+        epilog=EXAMPLE,
+    )
     parser.add_argument("metric", help="the metric's name")
     parser.add_argument("value", type=value_argument, help="the value (a number, nan, inf)")
     parser.add_argument("--time", type=time_argument, help="the point's time (default: now)")
-    parser.add_argument("--no-declare", action="store_true",
-                        help="do not declare the metric to the manager")
+    parser.add_argument(
+        "--no-declare", action="store_true", help="do not declare the metric to the manager"
+    )
     parser.add_argument("--unit", help="unit metadata when declaring, e.g. W, s, %%")
     parser.add_argument("--description", help="description metadata when declaring")
-    parser.add_setting("--timeout", type=duration_argument, default=10.0,
-                       help="seconds to wait for the manager and the broker's confirm "
-                       "(default: 10)")
+    parser.add_setting(
+        "--timeout",
+        type=duration_argument,
+        default=10.0,
+        help="seconds to wait for the manager and the broker's confirm (default: 10)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
 
     timestamp: Timestamp = args.time or Timestamp.now()
     try:
-        source = Source(args.token, args.url, chunk_size=1, flush_interval=None,
-                        send_timeout=args.timeout, connect_timeout=CONNECT_TIMEOUT,
-                        rpc_timeout=args.timeout)
+        source = Source(
+            args.token,
+            args.url,
+            chunk_size=1,
+            flush_interval=None,
+            send_timeout=args.timeout,
+            connect_timeout=CONNECT_TIMEOUT,
+            rpc_timeout=args.timeout,
+        )
         source[args.metric]  # checks the name before connecting
     except (TypeError, ValueError) as error:
         print(f"mqsync-send: {error}", file=sys.stderr)
@@ -95,14 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         source.flush(args.timeout)
     except PublishFailed as error:
         if isinstance(source.failure, ConnectFailed):
-            print(f"mqsync-send: {connect_failure_message(source.failure, args.url, args.token)}",
-                  file=sys.stderr)
+            print(
+                f"mqsync-send: {connect_failure_message(source.failure, args.url, args.token)}",
+                file=sys.stderr,
+            )
             return EXIT_CONNECT
         print(f"mqsync-send: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except (ConnectFailed, RPCTimeout) as error:
-        print(f"mqsync-send: {connect_failure_message(error, args.url, args.token)}",
-              file=sys.stderr)
+        print(
+            f"mqsync-send: {connect_failure_message(error, args.url, args.token)}", file=sys.stderr
+        )
         return EXIT_CONNECT if isinstance(error, ConnectFailed) else EXIT_FAILURE
     except MqsyncError as error:
         print(f"mqsync-send: {error}", file=sys.stderr)
@@ -110,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         source.stop()
     if source.stats().get("lost_points"):
-        print(f"mqsync-send: the broker did not confirm the point of {args.metric!r}",
-              file=sys.stderr)
+        print(
+            f"mqsync-send: the broker did not confirm the point of {args.metric!r}", file=sys.stderr
+        )
         return EXIT_FAILURE
-    logger.info("%s = %r at %s confirmed by the broker", args.metric, args.value,
-                timestamp.isoformat())
+    logger.info(
+        "%s = %r at %s confirmed by the broker", args.metric, args.value, timestamp.isoformat()
+    )
     return EXIT_OK
 
 
@@ -125,15 +144,22 @@ def _declare(source: Source, metric: str, unit: str | None, description: str | N
     keeps its metadata and takes ``unit``/``description`` when given.
     """
     known = source.get_metrics([metric])
-    given = {key: value for key, value in (("unit", unit), ("description", description))
-             if value is not None}
+    given = {
+        key: value
+        for key, value in (("unit", unit), ("description", description))
+        if value is not None
+    }
     if metric in known:
         owner = known[metric].get("source")
         if owner not in (None, source.token) or (owner == source.token and not given):
             return
-    previous = {key: value for key, value in known.get(metric, {}).items()
-                if key not in ("date", "source", "historic")}
+    previous = {
+        key: value
+        for key, value in known.get(metric, {}).items()
+        if key not in ("date", "source", "historic")
+    }
     source.declare_metrics({metric: {**previous, **given}})
+
 
 if __name__ == "__main__":
     sys.exit(main())

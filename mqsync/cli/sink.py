@@ -45,8 +45,15 @@ class StreamSink(Sink):
     away (then :attr:`output_closed`).
     """
 
-    def __init__(self, *args: Any, out: TextIO, fmt: str, limit: int | None,
-                 done: threading.Event, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        out: TextIO,
+        fmt: str,
+        limit: int | None,
+        done: threading.Event,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self._writer = LineWriter(out, done.set)
         self._format = fmt
@@ -62,16 +69,27 @@ class StreamSink(Sink):
     def on_chunk(self, metric: str, times_ns: Any, values: Any) -> None:
         if self._writer.closed or self._done.is_set():
             return
-        take = len(times_ns) if self._limit is None else min(len(times_ns),
-                                                             self._limit - self.received)
+        take = (
+            len(times_ns)
+            if self._limit is None
+            else min(len(times_ns), self._limit - self.received)
+        )
         text = io.StringIO()
         rows = csv.writer(text) if self._format == "csv" else None
         for time_ns, value in zip(times_ns[:take], values[:take]):
             if rows is not None:
                 rows.writerow([time_ns, Timestamp(time_ns).isoformat(), metric, repr(value)])
             elif self._format == "json":
-                text.write(json.dumps({"metric": metric, "time": time_ns,
-                                       "value": value if value == value else None}) + "\n")
+                text.write(
+                    json.dumps(
+                        {
+                            "metric": metric,
+                            "time": time_ns,
+                            "value": value if value == value else None,
+                        }
+                    )
+                    + "\n"
+                )
             else:
                 text.write(f"{Timestamp(time_ns).isoformat()}  {metric}  {value!r}\n")
         if take and self._writer.write(text.getvalue()):
@@ -88,13 +106,21 @@ class StreamSink(Sink):
 
 @ends_quietly_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser("sink", token="sink-mqsync-$USER", url_required=False,
-                           description="Print or save the live values of MetricQ metrics.",
-                           epilog=EXAMPLE)
+    parser = CommandParser(
+        "sink",
+        token="sink-mqsync-$USER",
+        url_required=False,
+        description="Print or save the live values of MetricQ metrics.",
+        epilog=EXAMPLE,
+    )
     parser.add_argument("metrics", nargs="+", help="metric names to subscribe to")
-    parser.add_argument("--format", choices=["text", "csv", "json"], default="text",
-                        help="text: '<ISO time>  <metric>  <value>' per line (default); csv: "
-                        "time_ns,time,metric,value with a header; json: one object per line")
+    parser.add_argument(
+        "--format",
+        choices=["text", "csv", "json"],
+        default="text",
+        help="text: '<ISO time>  <metric>  <value>' per line (default); csv: "
+        "time_ns,time,metric,value with a header; json: one object per line",
+    )
     parser.add_argument("--output", "-o", help="write to this file instead of stdout")
     parser.add_argument("--count", type=int, help="stop after this many points")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -102,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
 
     done = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: done.set())
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        signum: signal.signal(signum, lambda *_: done.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115 - closed in finally
-    sink = StreamSink(args.token, args.url, out=out, fmt=args.format, limit=args.count,
-                      done=done)
+    sink = StreamSink(args.token, args.url, out=out, fmt=args.format, limit=args.count, done=done)
     try:
         if args.format == "csv":
             sink.write_header()
@@ -114,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             sink.start()
             sink.subscribe(args.metrics)
         except (ConnectFailed, RPCTimeout) as error:
-            print(f"mqsync-sink: {connect_failure_message(error, args.url, sink.token)}",
-                  file=sys.stderr)
+            print(
+                f"mqsync-sink: {connect_failure_message(error, args.url, sink.token)}",
+                file=sys.stderr,
+            )
             return EXIT_CONNECT
         except MqsyncError as error:
             print(f"mqsync-sink: {error}", file=sys.stderr)
@@ -124,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         if sink.output_closed:
             return EXIT_PIPE
         if sink.failure is not None:
-            print(f"mqsync-sink: {connect_failure_message(sink.failure, args.url, sink.token)}",
-                  file=sys.stderr)
+            print(
+                f"mqsync-sink: {connect_failure_message(sink.failure, args.url, sink.token)}",
+                file=sys.stderr,
+            )
             return EXIT_FAILURE
         return EXIT_OK
     finally:

@@ -68,8 +68,9 @@ class PrintingSink(Sink):
     nothing more is printed.
     """
 
-    def __init__(self, *args: Any, out: TextIO, units: dict[str, str],
-                 on_closed: Any = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, out: TextIO, units: dict[str, str], on_closed: Any = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.writer = LineWriter(out, on_closed)
         self._units = units
@@ -79,8 +80,10 @@ class PrintingSink(Sink):
         if self.writer.closed:
             return
         unit = self._units.get(metric, "")
-        lines = [f"{Timestamp(t).isoformat()}  {metric}  {v:.6g} {unit}".rstrip()
-                 for t, v in zip(times_ns, values)]
+        lines = [
+            f"{Timestamp(t).isoformat()}  {metric}  {v:.6g} {unit}".rstrip()
+            for t, v in zip(times_ns, values)
+        ]
         if self.writer.write("\n".join(lines) + "\n"):
             self.received += len(lines)
 
@@ -93,24 +96,34 @@ def default_token(plugin: str) -> str:
 
 @ends_quietly_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser("source", url_required=False,
-                           description="Run a MetricQ source plugin.", epilog=EXAMPLE)
-    parser.add_setting("--token", env="MQSYNC_TOKEN",
-                       help="the source's token (env MQSYNC_TOKEN; default: "
-                       "source-<plugin>-<host>)")
+    parser = CommandParser(
+        "source", url_required=False, description="Run a MetricQ source plugin.", epilog=EXAMPLE
+    )
+    parser.add_setting(
+        "--token",
+        env="MQSYNC_TOKEN",
+        help="the source's token (env MQSYNC_TOKEN; default: source-<plugin>-<host>)",
+    )
     parser.add_argument("--plugin", help="the source kind to run (see --list-plugins)")
     parser.add_argument("--list-plugins", action="store_true", help="list installed plugins")
     parser.add_argument("--usage", metavar="PLUGIN", help="print a plugin's configuration keys")
     parser.add_argument("--json", action="store_true", help="machine-readable listings")
     parser.add_argument("--config", type=Path, help="configuration file (JSON or TOML)")
-    parser.add_argument("--period", help="time between updates, e.g. 1s, 100ms (overrides "
-                        "the configuration's rate/period)")
+    parser.add_argument(
+        "--period",
+        help="time between updates, e.g. 1s, 100ms (overrides the configuration's rate/period)",
+    )
     parser.add_argument("--once", action="store_true", help="one update, print it, exit")
-    parser.add_argument("--check", action="store_true",
-                        help="check the plugin and configuration, then exit")
-    parser.add_setting("--status-interval", type=duration_argument, metavar="DURATION",
-                       help="print a status line (points and chunks sent, updates, "
-                       "reconnects, losses) to stderr this often, e.g. 60s (default: never)")
+    parser.add_argument(
+        "--check", action="store_true", help="check the plugin and configuration, then exit"
+    )
+    parser.add_setting(
+        "--status-interval",
+        type=duration_argument,
+        metavar="DURATION",
+        help="print a status line (points and chunks sent, updates, "
+        "reconnects, losses) to stderr this often, e.g. 60s (default: never)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
 
@@ -134,17 +147,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mqsync-source: {where}{error}", file=sys.stderr)
         return EXIT_USAGE
     if args.check:
-        print(f"mqsync-source: {args.plugin} configuration OK; metrics: "
-              f"{', '.join(sorted(source.metrics())) or 'none'}")
+        print(
+            f"mqsync-source: {args.plugin} configuration OK; metrics: "
+            f"{', '.join(sorted(source.metrics())) or 'none'}"
+        )
         return EXIT_OK
     return _run(source, args)
 
 
-def _make_source(loaded: LoadedKind, token: str, url: str | None, config: dict[str, Any],
-                 period: Timedelta | None, *, once: bool) -> Any:
+def _make_source(
+    loaded: LoadedKind,
+    token: str,
+    url: str | None,
+    config: dict[str, Any],
+    period: Timedelta | None,
+    *,
+    once: bool,
+) -> Any:
     try:
-        return loaded.kind.source_class(token, url, config=config, period=period,
-                                        schedule=not once)
+        return loaded.kind.source_class(token, url, config=config, period=period, schedule=not once)
     except MqsyncError:
         raise
     except (TypeError, ValueError) as error:
@@ -153,8 +174,10 @@ def _make_source(loaded: LoadedKind, token: str, url: str | None, config: dict[s
 
 def _run(source: Any, args: argparse.Namespace) -> int:
     stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set())
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     printer: PrintingSink | None = None
     try:
         failed = _start(source, args)
@@ -168,8 +191,12 @@ def _run(source: Any, args: argparse.Namespace) -> int:
             except MqsyncError as error:
                 print(f"mqsync-source: {error}", file=sys.stderr)
                 return EXIT_FAILURE
-            print(f"mqsync-source: {args.plugin} on an embedded network (no --url); "
-                  "printing live values, Ctrl-C to stop", file=sys.stderr, flush=True)
+            print(
+                f"mqsync-source: {args.plugin} on an embedded network (no --url); "
+                "printing live values, Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             print(f"mqsync-source: {_startup_line(source, args)}", file=sys.stderr, flush=True)
         _serve(source, printer, stop, args.status_interval)
@@ -192,12 +219,17 @@ def _start(source: Any, args: argparse.Namespace) -> int | None:
     try:
         source.start()
     except (ConnectFailed, RPCTimeout) as error:
-        print(f"mqsync-source: {connect_failure_message(error, args.url, source.token)}",
-              file=sys.stderr)
+        print(
+            f"mqsync-source: {connect_failure_message(error, args.url, source.token)}",
+            file=sys.stderr,
+        )
         return EXIT_CONNECT
     except ConfigError as error:  # the manager's configuration for this token
-        print(f"mqsync-source: the configuration the manager holds for {source.token!r} is "
-              f"invalid: {error}", file=sys.stderr)
+        print(
+            f"mqsync-source: the configuration the manager holds for {source.token!r} is "
+            f"invalid: {error}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     except MqsyncError as error:
         print(f"mqsync-source: {error}", file=sys.stderr)
@@ -205,8 +237,9 @@ def _start(source: Any, args: argparse.Namespace) -> int | None:
     return None
 
 
-def _serve(source: Any, printer: PrintingSink | None, stop: threading.Event,
-           status_interval: float | None) -> None:
+def _serve(
+    source: Any, printer: PrintingSink | None, stop: threading.Event, status_interval: float | None
+) -> None:
     """Until a signal, a closed stdout or a failure: subscribe the printer to new metrics
     and print a status line every ``status_interval`` seconds."""
     known = set(source.metrics()) if printer is not None else set()
@@ -235,10 +268,15 @@ def _startup_line(source: Any, args: argparse.Namespace) -> str:
     count = len(source.metrics())
     period = source.period
     every = f"every {period}" if period is not None else "waiting for a rate or period"
-    status = f"; a status line every {Timedelta.from_s(args.status_interval)}" \
-        if args.status_interval else ""
-    return (f"{args.plugin} sending {count} metric(s) {every} as {source.token!r} to "
-            f"{source.url}{status}")
+    status = (
+        f"; a status line every {Timedelta.from_s(args.status_interval)}"
+        if args.status_interval
+        else ""
+    )
+    return (
+        f"{args.plugin} sending {count} metric(s) {every} as {source.token!r} to "
+        f"{source.url}{status}"
+    )
 
 
 def _status_line(source: Any, last_points: int) -> tuple[str, int]:
@@ -246,13 +284,18 @@ def _status_line(source: Any, last_points: int) -> tuple[str, int]:
     stats = source.stats()
     points = source.sent_points
     chunks = _sent_chunks(source)
-    parts = [f"status: {points} points" + (f" in {chunks} chunks" if chunks is not None
-                                            else "") + f" sent (+{points - last_points})"]
+    parts = [
+        f"status: {points} points"
+        + (f" in {chunks} chunks" if chunks is not None else "")
+        + f" sent (+{points - last_points})"
+    ]
     schedule = getattr(source, "schedule_stats", None)
     if schedule is not None:
         counters = schedule()
-        parts.append(f"{counters.updates} updates ({counters.failures} failed, "
-                     f"{counters.missed_slots} slots missed)")
+        parts.append(
+            f"{counters.updates} updates ({counters.failures} failed, "
+            f"{counters.missed_slots} slots missed)"
+        )
     parts.append(f"{stats.get('reconnects', 0)} reconnects")
     parts.append(f"{stats.get('lost_points', 0)} points lost")
     if stats.get("spooled_points"):
@@ -276,8 +319,9 @@ def _failure_message(source: Any, url: str | None) -> str:
 def _start_printer(source: Any, on_closed: Any) -> PrintingSink:
     declared = source.metrics()
     units = {name: str(meta.get("unit", "")) for name, meta in declared.items()}
-    printer = PrintingSink(f"sink-print-{source.token}", None, out=sys.stdout, units=units,
-                           on_closed=on_closed)
+    printer = PrintingSink(
+        f"sink-print-{source.token}", None, out=sys.stdout, units=units, on_closed=on_closed
+    )
     printer.start()
     if declared:
         printer.subscribe(sorted(declared))
@@ -304,8 +348,9 @@ def _once(source: Any, args: argparse.Namespace) -> int:
         if priming:
             return
         send_many(metric, times, values)
-        sent.extend((metric, int(getattr(t, "posix_ns", t)), float(v))
-                    for t, v in zip(times, values))
+        sent.extend(
+            (metric, int(getattr(t, "posix_ns", t)), float(v)) for t, v in zip(times, values)
+        )
 
     source.send, source.send_many = tap, tap_many
     try:
@@ -317,14 +362,15 @@ def _once(source: Any, args: argparse.Namespace) -> int:
         source.update()
         source.flush()
     except Exception as error:  # noqa: BLE001 - the exit code and message say it
-        print(f"mqsync-source: the update failed: {type(error).__name__}: {error}",
-              file=sys.stderr)
+        print(f"mqsync-source: the update failed: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     declared = source.metrics()
     units = {name: str(meta.get("unit", "")) for name, meta in declared.items()}
     for metric, time_ns, value in sent:
-        print(f"{Timestamp(time_ns).isoformat()}  {metric}  {value:.6g} "
-              f"{units.get(metric, '')}".rstrip())
+        print(
+            f"{Timestamp(time_ns).isoformat()}  {metric}  {value:.6g} "
+            f"{units.get(metric, '')}".rstrip()
+        )
     sys.stdout.flush()
     where = "an embedded network" if args.url is None else source.url
     silent = sorted(set(declared) - {metric for metric, _, _ in sent})
@@ -347,19 +393,27 @@ def _priming_seconds(source: Any) -> float:
 
 
 def _list_plugins(plugins: PluginSet, as_json: bool) -> int:
-    rows = [{"name": name, "package": loaded.package, "version": loaded.version,
-             "description": loaded.kind.description}
-            for name, loaded in sorted(plugins.kinds.items())]
-    failures = [{"name": f.plugin, "package": f.package, "error": f.error}
-                for f in plugins.failures]
+    rows = [
+        {
+            "name": name,
+            "package": loaded.package,
+            "version": loaded.version,
+            "description": loaded.kind.description,
+        }
+        for name, loaded in sorted(plugins.kinds.items())
+    ]
+    failures = [
+        {"name": f.plugin, "package": f.package, "error": f.error} for f in plugins.failures
+    ]
     if as_json:
         print(json.dumps({"plugins": rows, "failed": failures}, indent=2))
     else:
         for row in rows:
             print(f"{row['name']:<12} {row['package']} {row['version']}  {row['description']}")
         for failure in failures:
-            print(f"{failure['name']:<12} FAILED to load ({failure['package']}): "
-                  f"{failure['error']}")
+            print(
+                f"{failure['name']:<12} FAILED to load ({failure['package']}): {failure['error']}"
+            )
     return EXIT_OK
 
 
@@ -370,9 +424,16 @@ def _usage(plugins: PluginSet, name: str, as_json: bool) -> int:
         print(f"mqsync-source: {error}", file=sys.stderr)
         return EXIT_USAGE
     if as_json:
-        print(json.dumps({o.name: {"default": o.default, "type": o.type,
-                                   "description": o.description} for o in kind.options},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    o.name: {"default": o.default, "type": o.type, "description": o.description}
+                    for o in kind.options
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return EXIT_OK
     print(f"# {name}: {kind.description}")
     print("# a configuration file for --config (TOML); every key is optional")

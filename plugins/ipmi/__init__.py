@@ -105,5 +105,11 @@ __all__ = [
 @hookimpl
 def mqsync_source_kinds() -> list[SourceKind]:
     """The ``ipmi`` source kind."""
-    return [SourceKind("ipmi", IpmiSource, "sensor readings of BMCs over IPMI (FreeIPMI "
-                       "ipmi-sensors, ipmitool or pyghmi)", OPTIONS)]
+    return [
+        SourceKind(
+            "ipmi",
+            IpmiSource,
+            "sensor readings of BMCs over IPMI (FreeIPMI ipmi-sensors, ipmitool or pyghmi)",
+            OPTIONS,
+        )
+    ]

@@ -88,8 +88,10 @@ class FreeIpmiBackend:
         if self.sdr_cache_directory:
             argv.append(f"--sdr-cache-directory={self.sdr_cache_directory}")
         first = hosts[0]
-        content = (f"username {_quote_freeipmi(first.username)}\n"
-                   f"password {_quote_freeipmi(first.password.reveal())}\n")
+        content = (
+            f"username {_quote_freeipmi(first.username)}\n"
+            f"password {_quote_freeipmi(first.password.reveal())}\n"
+        )
         return Invocation(argv, {}, {str(config_file): content})
 
     def parse(self, hosts: Sequence[BmcHost], result: RunResult, timeout: float) -> PollOutcome:
@@ -107,7 +109,8 @@ class FreeIpmiBackend:
             else:
                 lines = errors.get(host.target) or general
                 outcome[host] = "; ".join(lines[:3]) or (
-                    f"no sensor readings (exit status {result.returncode})")
+                    f"no sensor readings (exit status {result.returncode})"
+                )
         return outcome
 
     def poll(self, hosts: Sequence[BmcHost], runner: ProcessRunner, timeout: float) -> PollOutcome:
@@ -136,12 +139,26 @@ class IpmitoolBackend:
         """The ``ipmitool`` command for the one host in ``hosts``."""
         (host,) = hosts
         privilege = "ADMINISTRATOR" if self.privilege_level == "ADMIN" else self.privilege_level
-        argv = [self.command, "-I", "lanplus" if self.ipmi_version == "2.0" else "lan",
-                "-H", host.address]
+        argv = [
+            self.command,
+            "-I",
+            "lanplus" if self.ipmi_version == "2.0" else "lan",
+            "-H",
+            host.address,
+        ]
         if host.port is not None:
             argv += ["-p", str(host.port)]
-        argv += ["-U", host.username, "-E", "-L", privilege,
-                 "-N", str(max(1, math.ceil(self.session_timeout / 2))), "-R", "1"]
+        argv += [
+            "-U",
+            host.username,
+            "-E",
+            "-L",
+            privilege,
+            "-N",
+            str(max(1, math.ceil(self.session_timeout / 2))),
+            "-R",
+            "1",
+        ]
         argv += ["sdr", "elist", "full"] if self.subcommand == "sdr" else ["sensor", "list"]
         password = host.password.reveal()
         return Invocation(argv, {"IPMI_PASSWORD": password, "IPMITOOL_PASSWORD": password}, {})
@@ -155,23 +172,27 @@ class IpmitoolBackend:
         if result.timed_out:
             return {host: f"no answer within {timeout:g} s (the process was killed)"}
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        return {host: "; ".join(lines[:3]) or f"no sensor readings (exit status "
-                      f"{result.returncode})"}
+        return {
+            host: "; ".join(lines[:3]) or f"no sensor readings (exit status {result.returncode})"
+        }
 
     def poll(self, hosts: Sequence[BmcHost], runner: ProcessRunner, timeout: float) -> PollOutcome:
         """Run the command for ``hosts`` and parse its output."""
         return _run_and_parse(self, hosts, runner, timeout)
 
 
-def _run_and_parse(backend: Any, hosts: Sequence[BmcHost], runner: ProcessRunner,
-                   timeout: float) -> PollOutcome:
+def _run_and_parse(
+    backend: Any, hosts: Sequence[BmcHost], runner: ProcessRunner, timeout: float
+) -> PollOutcome:
     with tempfile.TemporaryDirectory(prefix="mqsync-ipmi-") as workdir:  # mode 0700
         invocation = backend.invocation(hosts, Path(workdir))
         try:
             result = runner.run(invocation, timeout)
         except FileNotFoundError:
-            message = (f"command {invocation.argv[0]!r} not found: install it (Debian: "
-                       "freeipmi-tools or ipmitool) or set 'command'")
+            message = (
+                f"command {invocation.argv[0]!r} not found: install it (Debian: "
+                "freeipmi-tools or ipmitool) or set 'command'"
+            )
             return {host: message for host in hosts}
     return backend.parse(hosts, result, timeout)
 
@@ -192,9 +213,11 @@ class PyghmiBackend:
             try:
                 from pyghmi.ipmi import command as command_module  # type: ignore[no-redef]
             except ImportError:
-                raise ConfigError("backend 'pyghmi' needs the pyghmi package, which is not "
-                                  "installed: pip install pyghmi (or use backend "
-                                  "'freeipmi')") from None
+                raise ConfigError(
+                    "backend 'pyghmi' needs the pyghmi package, which is not "
+                    "installed: pip install pyghmi (or use backend "
+                    "'freeipmi')"
+                ) from None
         self._module = command_module
         self.sensor_types = tuple(sensor_types)
         self._sessions: dict[BmcHost, Any] = {}
@@ -211,8 +234,11 @@ class PyghmiBackend:
             session = self._sessions.get(host)
         try:
             if session is None:
-                kwargs: dict[str, Any] = {"bmc": host.address, "userid": host.username,
-                                          "password": host.password.reveal()}
+                kwargs: dict[str, Any] = {
+                    "bmc": host.address,
+                    "userid": host.username,
+                    "password": host.password.reveal(),
+                }
                 if host.port is not None:
                     kwargs["port"] = host.port
                 session = self._module.Command(**kwargs)
@@ -222,10 +248,14 @@ class PyghmiBackend:
                 value = getattr(data, "value", None)
                 if value is None and not unavailable:
                     continue  # a discrete sensor: states, no reading
-                readings.append(Reading(
-                    str(data.name), str(getattr(data, "type", "") or ""),
-                    math.nan if unavailable or value is None else float(value),
-                    normalize_unit(str(getattr(data, "units", "") or ""))))
+                readings.append(
+                    Reading(
+                        str(data.name),
+                        str(getattr(data, "type", "") or ""),
+                        math.nan if unavailable or value is None else float(value),
+                        normalize_unit(str(getattr(data, "units", "") or "")),
+                    )
+                )
         except Exception as error:  # noqa: BLE001 - pyghmi raises many kinds
             with self._lock:
                 self._sessions.pop(host, None)

@@ -56,8 +56,12 @@ def secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     FreeIPMI configuration file (backslash escapes) match.  Empty or blank secrets match
     nothing: they cannot be told apart from the text around them.
     """
-    spellings = {spelling for secret in secrets if secret.strip()
-                 for spelling in (secret, repr(secret)[1:-1], _quote_freeipmi(secret)[1:-1])}
+    spellings = {
+        spelling
+        for secret in secrets
+        if secret.strip()
+        for spelling in (secret, repr(secret)[1:-1], _quote_freeipmi(secret)[1:-1])
+    }
     if not spellings:
         return None
     # Longest first, so a secret that contains another one is masked whole.
@@ -85,12 +89,21 @@ class IpmiCollector:
         name: names the worker threads.
     """
 
-    def __init__(self, hosts: Sequence[BmcHost], backend: Any, *, prefix: str = "ipmi",
-                 timeout: float = 10.0, workers: int = 4,
-                 sensor_include: Sequence[str] = ("*",), sensor_exclude: Sequence[str] = (),
-                 sensor_types: Sequence[str] = (),
-                 clock: Callable[[], float] = time.monotonic,
-                 backoff: Sequence[float] = BACKOFF_SECONDS, name: str = "ipmi"):
+    def __init__(
+        self,
+        hosts: Sequence[BmcHost],
+        backend: Any,
+        *,
+        prefix: str = "ipmi",
+        timeout: float = 10.0,
+        workers: int = 4,
+        sensor_include: Sequence[str] = ("*",),
+        sensor_exclude: Sequence[str] = (),
+        sensor_types: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Sequence[float] = BACKOFF_SECONDS,
+        name: str = "ipmi",
+    ):
         self.hosts = tuple(hosts)
         self.backend = backend
         self.prefix = prefix
@@ -115,15 +128,19 @@ class IpmiCollector:
         for candidate in self.hosts:
             if host in (candidate, candidate.address, candidate.name):
                 with self._lock:
-                    return attrs.evolve(self._states[candidate],
-                                        metrics=dict(self._states[candidate].metrics))
+                    return attrs.evolve(
+                        self._states[candidate], metrics=dict(self._states[candidate].metrics)
+                    )
         raise KeyError(host)
 
     def known_metrics(self) -> dict[str, dict[str, Any]]:
         """Metadata of every metric seen so far."""
         with self._lock:
-            return {metric: dict(entry) for state in self._states.values()
-                    for metric, entry in state.metrics.items()}
+            return {
+                metric: dict(entry)
+                for state in self._states.values()
+                for metric, entry in state.metrics.items()
+            }
 
     # -- polling -------------------------------------------------------------------------
 
@@ -139,8 +156,11 @@ class IpmiCollector:
         with self._lock:
             if self._closed:
                 return
-            due = [host for host in self.hosts
-                   if not self._states[host].busy and self._states[host].retry_at <= now]
+            due = [
+                host
+                for host in self.hosts
+                if not self._states[host].busy and self._states[host].retry_at <= now
+            ]
             waiting = [host for host in self.hosts if self._states[host].retry_at > now]
             for host in due:
                 self._states[host].busy = True
@@ -166,18 +186,28 @@ class IpmiCollector:
                     elif result is not None:
                         self._emit_nan(host, emit)
         except FuturesTimeout:
-            late = [host.label for future, group in futures.items() if not future.done()
-                    for host in group]
-            logger.warning("ipmi: polls of %s still running after %g s; not waiting",
-                           ", ".join(late), self.timeout + GRACE_SECONDS)
+            late = [
+                host.label
+                for future, group in futures.items()
+                if not future.done()
+                for host in group
+            ]
+            logger.warning(
+                "ipmi: polls of %s still running after %g s; not waiting",
+                ", ".join(late),
+                self.timeout + GRACE_SECONDS,
+            )
 
     def _groups(self, hosts: Sequence[BmcHost]) -> list[list[BmcHost]]:
         by_key: dict[Any, list[BmcHost]] = {}
         for host in hosts:
             by_key.setdefault(self.backend.group_key(host), []).append(host)
         size = max(1, self.backend.max_hosts)
-        return [members[start:start + size] for members in by_key.values()
-                for start in range(0, len(members), size)]
+        return [
+            members[start : start + size]
+            for members in by_key.values()
+            for start in range(0, len(members), size)
+        ]
 
     def _poll(self, group: list[BmcHost]) -> Mapping[BmcHost, list[Reading] | str | None]:
         """Worker thread: poll one group and book success or failure per host."""
@@ -208,8 +238,11 @@ class IpmiCollector:
                 return
             if isinstance(result, list):
                 if state.failures:
-                    logger.info("ipmi: BMC %s answers again after %d failed attempts",
-                                host.label, state.failures)
+                    logger.info(
+                        "ipmi: BMC %s answers again after %d failed attempts",
+                        host.label,
+                        state.failures,
+                    )
                 state.failures, state.retry_at, state.last_error = 0, 0.0, ""
                 return
             state.failures += 1
@@ -218,11 +251,17 @@ class IpmiCollector:
             state.last_error = result
             failures = state.failures
         if failures == 1:
-            logger.warning("ipmi: BMC %s failed: %s; sending NaN, retrying in %g s",
-                           host.label, result, delay)
+            logger.warning(
+                "ipmi: BMC %s failed: %s; sending NaN, retrying in %g s", host.label, result, delay
+            )
         else:
-            logger.warning("ipmi: BMC %s still failing (%d attempts): %s; next retry in %g s",
-                           host.label, failures, result, delay)
+            logger.warning(
+                "ipmi: BMC %s still failing (%d attempts): %s; next retry in %g s",
+                host.label,
+                failures,
+                result,
+                delay,
+            )
 
     def _scrub(self, text: str) -> str:
         """``text`` with every password of the hosts masked where it is a whole token."""
@@ -235,11 +274,14 @@ class IpmiCollector:
             return False
         return selected(reading.sensor, self.sensor_include, self.sensor_exclude)
 
-    def _emit_readings(self, host: BmcHost, readings: list[Reading], emit: Emit,
-                       declare: Declare | None) -> None:
+    def _emit_readings(
+        self, host: BmcHost, readings: list[Reading], emit: Emit, declare: Declare | None
+    ) -> None:
         base = f"{self.prefix}.{host.name}"
-        values = {f"{base}.{segment}": reading for segment, reading in
-                  sensor_metrics(r for r in readings if self._wanted(r)).items()}
+        values = {
+            f"{base}.{segment}": reading
+            for segment, reading in sensor_metrics(r for r in readings if self._wanted(r)).items()
+        }
         with self._lock:
             known = self._states[host].metrics
             for metric, reading in values.items():
@@ -247,11 +289,12 @@ class IpmiCollector:
                     description = f"{reading.sensor}"
                     if reading.type:
                         description += f" ({reading.type})"
-                    known[metric] = {"unit": reading.unit,
-                                     "description": f"{description} of BMC {host.name}"}
+                    known[metric] = {
+                        "unit": reading.unit,
+                        "description": f"{description} of BMC {host.name}",
+                    }
             missing = [metric for metric in known if metric not in values]
-            new = {metric: dict(known[metric]) for metric in values
-                   if metric not in self._declared}
+            new = {metric: dict(known[metric]) for metric in values if metric not in self._declared}
         if new and declare is not None and declare(new):
             with self._lock:
                 self._declared.update(new)

@@ -42,8 +42,9 @@ def _checked_password(value: Any, where: str) -> Secret:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: the password must be a string (got {type(value).__name__})")
     if any(c in value for c in "\n\r\0"):
-        raise ConfigError(f"{where}: the password contains a line break or NUL, which the "
-                          "IPMI tools cannot take")
+        raise ConfigError(
+            f"{where}: the password contains a line break or NUL, which the IPMI tools cannot take"
+        )
     return Secret(value)
 
 
@@ -56,41 +57,49 @@ def hosts_from_config(config: Mapping[str, Any]) -> tuple[BmcHost, ...]:
             message never contains a password.
     """
     entries = config.get("hosts")
-    if isinstance(entries, (str, dict)) or not isinstance(entries, (list, tuple)) \
-            or not entries:
-        raise ConfigError("invalid hosts: expected a non-empty list of host names or "
-                          "{host, username, password | password_file} objects")
+    if isinstance(entries, (str, dict)) or not isinstance(entries, (list, tuple)) or not entries:
+        raise ConfigError(
+            "invalid hosts: expected a non-empty list of host names or "
+            "{host, username, password | password_file} objects"
+        )
     shared_user = config.get("username")
     hosts: list[BmcHost] = []
     for index, entry in enumerate(entries):
         if isinstance(entry, str):
             entry = {"host": entry}
         if not isinstance(entry, Mapping):
-            raise ConfigError(f"hosts[{index}]: expected a host name or an object, got "
-                              f"{type(entry).__name__}")
+            raise ConfigError(
+                f"hosts[{index}]: expected a host name or an object, got {type(entry).__name__}"
+            )
         address = entry.get("host")
-        if not isinstance(address, str) or not address or any(
-                c.isspace() or c in ",[]" for c in address):
-            raise ConfigError(f"hosts[{index}]: invalid host {address!r}: expected a host "
-                              "name or address without spaces, commas or brackets")
+        if (
+            not isinstance(address, str)
+            or not address
+            or any(c.isspace() or c in ",[]" for c in address)
+        ):
+            raise ConfigError(
+                f"hosts[{index}]: invalid host {address!r}: expected a host "
+                "name or address without spaces, commas or brackets"
+            )
         where = f"host {address!r}"
         unknown = sorted(set(entry) - set(HOST_KEYS))
         if unknown:
             raise ConfigError(f"{where}: unknown keys {unknown}; known: {list(HOST_KEYS)}")
         name = entry.get("name")
         if name is None:
-            name = metric_segment(address if _is_ip(address) else address.split(".")[0],
-                                  lower=True)
+            name = metric_segment(address if _is_ip(address) else address.split(".")[0], lower=True)
         else:
             name = check_segment(name, f"name of {where}")
         port = entry.get("port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
-                                 or not 0 < port < 65536):
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+        ):
             raise ConfigError(f"{where}: invalid port {port!r}: expected 1 to 65535")
         username = entry.get("username", shared_user)
         if not isinstance(username, str):
-            raise ConfigError(f"{where}: no username: give 'username' for the host or for "
-                              "all hosts")
+            raise ConfigError(
+                f"{where}: no username: give 'username' for the host or for all hosts"
+            )
         if any(c in username for c in "\n\r\0"):
             raise ConfigError(f"{where}: the username contains a line break or NUL")
         # A host's own password or password_file wins over the shared ones.
@@ -100,15 +109,19 @@ def hosts_from_config(config: Mapping[str, Any]) -> tuple[BmcHost, ...]:
         elif source.get("password_file") is not None:
             password = _read_password_file(source["password_file"], where)
         else:
-            raise ConfigError(f"{where}: no password: give 'password' or 'password_file' "
-                              "for the host or for all hosts")
+            raise ConfigError(
+                f"{where}: no password: give 'password' or 'password_file' "
+                "for the host or for all hosts"
+            )
         hosts.append(BmcHost(address, name, username, password, port))
     seen: dict[str, str] = {}
     for host in hosts:
         for key, what in ((host.target, "host"), (host.name, "metric name")):
             if (what, key) in seen:
-                raise ConfigError(f"hosts {seen[(what, key)]!r} and {host.address!r} have the "
-                                  f"same {what} {key!r}: give one of them another 'name'")
+                raise ConfigError(
+                    f"hosts {seen[(what, key)]!r} and {host.address!r} have the "
+                    f"same {what} {key!r}: give one of them another 'name'"
+                )
             seen[(what, key)] = host.address
     return tuple(hosts)
 
@@ -149,39 +162,52 @@ class IpmiSettings:
         timeout = float(check_number(config, "timeout", positive=True))
         session_timeout = float(check_number(config, "session_timeout", positive=True))
         if session_timeout >= timeout:
-            raise ConfigError(f"invalid session_timeout {session_timeout:g}: must be below "
-                              f"timeout ({timeout:g} s), so a dead BMC of a group gives up "
-                              "before the group's process is killed")
+            raise ConfigError(
+                f"invalid session_timeout {session_timeout:g}: must be below "
+                f"timeout ({timeout:g} s), so a dead BMC of a group gives up "
+                "before the group's process is killed"
+            )
         version = config.get("ipmi_version")
         if version not in ("2.0", "1.5"):
             raise ConfigError(f"invalid ipmi_version {version!r}: expected '2.0' or '1.5'")
         privilege = config.get("privilege_level")
         if not isinstance(privilege, str) or privilege.upper() not in PRIVILEGE_LEVELS:
-            raise ConfigError(f"invalid privilege_level {privilege!r}: expected one of "
-                              f"{list(PRIVILEGE_LEVELS)}")
+            raise ConfigError(
+                f"invalid privilege_level {privilege!r}: expected one of {list(PRIVILEGE_LEVELS)}"
+            )
         subcommand = config.get("ipmitool_command")
         if subcommand not in ("sdr", "sensor"):
-            raise ConfigError(f"invalid ipmitool_command {subcommand!r}: expected 'sdr' or "
-                              "'sensor'")
+            raise ConfigError(
+                f"invalid ipmitool_command {subcommand!r}: expected 'sdr' or 'sensor'"
+            )
         cache = config.get("sdr_cache_directory")
         if cache is not None and (not isinstance(cache, str) or not cache):
             raise ConfigError(f"invalid sdr_cache_directory {cache!r}: expected a directory")
         sensor_types = check_patterns(config.get("sensor_types"), "sensor_types")
         if any("," in t or not t for t in sensor_types):
-            raise ConfigError(f"invalid sensor_types {list(sensor_types)!r}: expected type "
-                              "names such as 'Temperature'")
+            raise ConfigError(
+                f"invalid sensor_types {list(sensor_types)!r}: expected type "
+                "names such as 'Temperature'"
+            )
         return cls(
-            hosts=hosts_from_config(config), backend=backend, command=command,
-            prefix=check_prefix(config.get("prefix")), timeout=timeout,
+            hosts=hosts_from_config(config),
+            backend=backend,
+            command=command,
+            prefix=check_prefix(config.get("prefix")),
+            timeout=timeout,
             session_timeout=session_timeout,
             workers=check_number(config, "workers", integer=True, positive=True),
-            hosts_per_process=check_number(config, "hosts_per_process", integer=True,
-                                           positive=True),
-            ipmi_version=version, privilege_level=privilege.upper(),
+            hosts_per_process=check_number(
+                config, "hosts_per_process", integer=True, positive=True
+            ),
+            ipmi_version=version,
+            privilege_level=privilege.upper(),
             sensor_types=sensor_types,
             sensors=check_patterns(config.get("sensors"), "sensors"),
             exclude_sensors=check_patterns(config.get("exclude_sensors"), "exclude_sensors"),
-            ipmitool_command=subcommand, sdr_cache_directory=cache)
+            ipmitool_command=subcommand,
+            sdr_cache_directory=cache,
+        )
 
     def make_backend(self) -> Any:
         """The backend these settings select.
@@ -190,19 +216,39 @@ class IpmiSettings:
             ConfigError: the pyghmi backend is chosen but pyghmi is not installed.
         """
         if self.backend == "freeipmi":
-            return FreeIpmiBackend(self.command or "ipmi-sensors", self.session_timeout,
-                                   self.ipmi_version, self.privilege_level, self.sensor_types,
-                                   self.sdr_cache_directory, self.hosts_per_process)
+            return FreeIpmiBackend(
+                self.command or "ipmi-sensors",
+                self.session_timeout,
+                self.ipmi_version,
+                self.privilege_level,
+                self.sensor_types,
+                self.sdr_cache_directory,
+                self.hosts_per_process,
+            )
         if self.backend == "ipmitool":
-            return IpmitoolBackend(self.command or "ipmitool", self.session_timeout,
-                                   self.ipmi_version, self.privilege_level, self.sensor_types,
-                                   self.ipmitool_command)
+            return IpmitoolBackend(
+                self.command or "ipmitool",
+                self.session_timeout,
+                self.ipmi_version,
+                self.privilege_level,
+                self.sensor_types,
+                self.ipmitool_command,
+            )
         return PyghmiBackend(sensor_types=self.sensor_types)
 
-    def make_collector(self, *, name: str = "ipmi",
-                       clock: Callable[[], float] = time.monotonic) -> IpmiCollector:
+    def make_collector(
+        self, *, name: str = "ipmi", clock: Callable[[], float] = time.monotonic
+    ) -> IpmiCollector:
         """A collector for these settings."""
-        return IpmiCollector(self.hosts, self.make_backend(), prefix=self.prefix,
-                             timeout=self.timeout, workers=self.workers,
-                             sensor_include=self.sensors, sensor_exclude=self.exclude_sensors,
-                             sensor_types=self.sensor_types, clock=clock, name=name)
+        return IpmiCollector(
+            self.hosts,
+            self.make_backend(),
+            prefix=self.prefix,
+            timeout=self.timeout,
+            workers=self.workers,
+            sensor_include=self.sensors,
+            sensor_exclude=self.exclude_sensors,
+            sensor_types=self.sensor_types,
+            clock=clock,
+            name=name,
+        )

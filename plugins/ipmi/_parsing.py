@@ -12,15 +12,33 @@ from ._values import Reading
 
 _NOT_AVAILABLE = {"n/a", "na", "no reading", "disabled", "not readable", "unavailable", ""}
 _UNITS = {
-    "C": "°C", "degrees C": "°C", "F": "°F", "degrees F": "°F", "K": "K",
-    "V": "V", "Volts": "V", "A": "A", "Amps": "A", "W": "W", "Watts": "W",
-    "J": "J", "Joules": "J", "RPM": "RPM", "%": "%", "percent": "%", "Hz": "Hz",
-    "CFM": "CFM", "unspecified": "", "N/A": "",
+    "C": "°C",
+    "degrees C": "°C",
+    "F": "°F",
+    "degrees F": "°F",
+    "K": "K",
+    "V": "V",
+    "Volts": "V",
+    "A": "A",
+    "Amps": "A",
+    "W": "W",
+    "Watts": "W",
+    "J": "J",
+    "Joules": "J",
+    "RPM": "RPM",
+    "%": "%",
+    "percent": "%",
+    "Hz": "Hz",
+    "CFM": "CFM",
+    "unspecified": "",
+    "N/A": "",
 }
 _HOST_PREFIX = re.compile(r"^(?P<host>[^\s,|]+): (?P<rest>.*)$")
 _FREEIPMI_CSV = re.compile(r"^(?P<id>[^,]*),(?P<middle>.*),(?P<event>'.*'|N/A|[^,']*)$")
-_NUMBER_AND_UNIT = re.compile(r"^(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
-                              r"(?P<unit>.*)$")
+_NUMBER_AND_UNIT = re.compile(
+    r"^(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+    r"(?P<unit>.*)$"
+)
 
 
 def normalize_unit(unit: str) -> str:
@@ -64,8 +82,9 @@ def parse_freeipmi(text: str, default_host: str = "") -> dict[str, list[Reading]
         record_id, name, sensor_type, reading, units = fields
         if reading.upper() == "N/A" and units.upper() == "N/A":
             continue
-        readings.setdefault(host, []).append(Reading(
-            name, sensor_type, parse_value(reading), normalize_unit(units), record_id))
+        readings.setdefault(host, []).append(
+            Reading(name, sensor_type, parse_value(reading), normalize_unit(units), record_id)
+        )
     return readings
 
 
@@ -124,8 +143,9 @@ def parse_ipmitool(text: str) -> list[Reading]:
 def sensor_metrics(readings: Iterable[Reading]) -> dict[str, Reading]:
     """Metric name segments for the readings of one BMC (duplicates get the record id)."""
     readings = list(readings)
-    segments = [metric_segment(reading.sensor, lower=True, fallback="sensor")
-                for reading in readings]
+    segments = [
+        metric_segment(reading.sensor, lower=True, fallback="sensor") for reading in readings
+    ]
     counts: dict[str, int] = {}
     for segment in segments:
         counts[segment] = counts.get(segment, 0) + 1

@@ -49,9 +49,15 @@ class ProcessRunner:
             if self._closed:
                 raise Cancelled("stopped")
             process = subprocess.Popen(
-                list(invocation.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, text=True, errors="replace",
-                start_new_session=True)
+                list(invocation.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
             self._running.add(process)
         timed_out = False
         try:
@@ -69,7 +75,7 @@ class ProcessRunner:
             raise Cancelled("stopped")
         if timed_out:
             # Only complete lines: a line cut off mid-number would give a wrong value.
-            stdout = stdout[:stdout.rfind("\n") + 1]
+            stdout = stdout[: stdout.rfind("\n") + 1]
             return RunResult(None, stdout, stderr, timed_out=True)
         return RunResult(process.returncode, stdout, stderr)
 
@@ -123,8 +129,9 @@ class _WorkerPool:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
             if len(self._threads) < self._size:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"{self._name}-{len(self._threads)}")
+                thread = threading.Thread(
+                    target=self._work, daemon=True, name=f"{self._name}-{len(self._threads)}"
+                )
                 self._threads.append(thread)
                 thread.start()
             self._jobs.put((future, function, args))

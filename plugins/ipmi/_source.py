@@ -29,8 +29,14 @@ class IpmiSource(PluginSource):
 
     default_config = {option.name: option.default for option in OPTIONS}
 
-    def __init__(self, token: str, url: str | None = None, *,
-                 backoff_clock: Callable[[], float] = time.monotonic, **kwargs: Any):
+    def __init__(
+        self,
+        token: str,
+        url: str | None = None,
+        *,
+        backoff_clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ):
         self._backoff_clock = backoff_clock
         self._settings: IpmiSettings | None = None
         self._collector: IpmiCollector | None = None
@@ -53,8 +59,9 @@ class IpmiSource(PluginSource):
             old, self._collector, self._settings = self._collector, collector, settings
         if old is not None:
             old.close()
-        logger.info("%s: polling %d BMCs with %s", self.token, len(settings.hosts),
-                    settings.backend)
+        logger.info(
+            "%s: polling %d BMCs with %s", self.token, len(settings.hosts), settings.backend
+        )
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         metrics = self.collector.known_metrics()
@@ -74,13 +81,19 @@ class IpmiSource(PluginSource):
 
     def _declare(self, metadata: Mapping[str, Mapping[str, Any]]) -> bool:
         rate = self.rate()
-        entries = {name: {**entry, **({"rate": rate} if rate is not None else {})}
-                   for name, entry in metadata.items()}
+        entries = {
+            name: {**entry, **({"rate": rate} if rate is not None else {})}
+            for name, entry in metadata.items()
+        }
         try:
             self.declare_metrics(entries)
         except Exception as error:  # noqa: BLE001 - send anyway, declare next update
-            logger.warning("%s: could not declare %d metrics (%s); retrying next update",
-                           self.token, len(entries), error)
+            logger.warning(
+                "%s: could not declare %d metrics (%s); retrying next update",
+                self.token,
+                len(entries),
+                error,
+            )
             return False
         return True
 

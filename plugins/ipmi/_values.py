@@ -98,4 +98,3 @@ class RunResult:
 
 class Cancelled(Exception):
     """The poll was stopped because the source is stopping or reconfigured."""
-
