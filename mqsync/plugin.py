@@ -230,6 +230,10 @@ class PluginSource(IntervalSource):
 
     #: Defaults for keys the configuration does not give (set by subclasses).
     default_config: ClassVar[Mapping[str, Any]] = {"rate": 1.0}
+    #: Seconds between a priming update and the first one that counts, for a source whose
+    #: metrics need two samples (rates, CPU usage): ``mqsync-source --once`` runs one
+    #: update, drops its points, waits this long and sends the next. ``None``: one update.
+    priming_interval: ClassVar[float | None] = None
 
     def __init__(self, token: str, url: str | None = None, *,
                  config: Mapping[str, Any] | None = None, period: Any = None, **kwargs: Any):

@@ -368,6 +368,11 @@ class Source(Client):
         """Points the broker confirmed so far (all published ones, without confirms)."""
         return self._publisher.confirmed_points if self._publisher is not None else 0
 
+    @property
+    def sent_chunks(self) -> int:
+        """Chunks the broker confirmed so far (all published ones, without confirms)."""
+        return self._publisher.confirmed_chunks if self._publisher is not None else 0
+
     def _not_accepting(self, metric: str) -> Exception:
         if self._failure is not None:
             return PublishFailed(f"{self.token}: cannot send to {metric!r}: {self._failure}")

@@ -39,6 +39,7 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandParser,
+    connect_failure_message,
     duration_argument,
     ends_quietly_on_closed_stdout,
     setup_logging,
@@ -288,11 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sink.start()
         except ConnectFailed as error:
-            print(f"mqsync-check: {error}", file=sys.stderr)
+            print(f"mqsync-check: {connect_failure_message(error, args.url, sink.token)}",
+                  file=sys.stderr)
             return EXIT_CONNECT
         verdicts, watched = run_check(sink, args)
     except ConnectFailed as error:
-        print(f"mqsync-check: {error}", file=sys.stderr)
+        print(f"mqsync-check: {connect_failure_message(error, args.url, sink.token)}",
+              file=sys.stderr)
         return EXIT_CONNECT
     except MqsyncError as error:
         print(f"mqsync-check: {error}", file=sys.stderr)

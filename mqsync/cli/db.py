@@ -13,6 +13,7 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandParser,
+    connect_failure_message,
     setup_logging,
 )
 
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mqsync-db: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectFailed as error:
-        print(f"mqsync-db: {error}", file=sys.stderr)
+        print(f"mqsync-db: {connect_failure_message(error, args.url, db.token)}",
+              file=sys.stderr)
         return EXIT_CONNECT
     except MqsyncError as error:
         print(f"mqsync-db: {error}", file=sys.stderr)

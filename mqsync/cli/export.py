@@ -30,6 +30,7 @@ from ._common import (
     EXIT_PIPE,
     EXIT_USAGE,
     CommandParser,
+    connect_failure_message,
     duration_argument,
     setup_logging,
     silence,
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         silence(sys.stdout)
         return EXIT_PIPE
     except ConnectFailed as error:
-        print(f"mqsync-export: {error}", file=sys.stderr)
+        print(f"mqsync-export: {connect_failure_message(error, args.url, client.token)}",
+              file=sys.stderr)
         return EXIT_CONNECT
     except MqsyncError as error:
         print(f"mqsync-export: {error}", file=sys.stderr)

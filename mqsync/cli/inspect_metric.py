@@ -32,7 +32,9 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandParser,
+    connect_failure_message,
     duration_argument,
+    ends_quietly_on_closed_stdout,
     setup_logging,
 )
 
@@ -403,6 +405,7 @@ def format_report(metric: str, metadata: dict[str, Any], report: dict[str, Any])
 # -- command -----------------------------------------------------------------------------
 
 
+@ends_quietly_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
         "inspect",
@@ -462,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             sink.start()
             reply = sink.subscribe([args.metric], expires=max(60.0, args.duration * 2))
         except ConnectFailed as error:
-            print(f"mqsync-inspect: {error}", file=sys.stderr)
+            print(f"mqsync-inspect: {connect_failure_message(error, args.url, sink.token)}",
+                  file=sys.stderr)
             return EXIT_CONNECT
         except MqsyncError as error:
             print(f"mqsync-inspect: {error}", file=sys.stderr)

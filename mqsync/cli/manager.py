@@ -7,7 +7,14 @@ import sys
 
 from ..errors import ConfigError, ConnectFailed
 from ..manager import ConfigStore, Manager
-from ._common import EXIT_CONNECT, EXIT_OK, EXIT_USAGE, CommandParser, setup_logging
+from ._common import (
+    EXIT_CONNECT,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandParser,
+    connect_failure_message,
+    setup_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         manager.run()
     except ConnectFailed as error:
-        print(f"mqsync-manager: {error}", file=sys.stderr)
+        print(f"mqsync-manager: {connect_failure_message(error, args.url, manager.token)}",
+              file=sys.stderr)
         return EXIT_CONNECT
     return EXIT_OK
 

@@ -47,6 +47,7 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandParser,
+    connect_failure_message,
     setup_logging,
 )
 
@@ -251,10 +252,8 @@ def _measure(args: argparse.Namespace, command: list[str], settings: _Settings) 
         try:
             stack.enter_context(subscriber)
         except (ConnectFailed, RPCTimeout) as error:
-            print(
-                f"mqsync-measure: cannot subscribe, the command was not run: {error}",
-                file=sys.stderr,
-            )
+            reason = connect_failure_message(error, subscriber.url, subscriber.token)
+            print(f"mqsync-measure: the command was not run: {reason}", file=sys.stderr)
             return EXIT_CONNECT
         except MqsyncError as error:
             print(

@@ -283,12 +283,8 @@ def _status_line(source: Any, last_points: int) -> tuple[str, int]:
     """One line of counters, and the points sent so far (for the next line's increase)."""
     stats = source.stats()
     points = source.sent_points
-    chunks = _sent_chunks(source)
-    parts = [
-        f"status: {points} points"
-        + (f" in {chunks} chunks" if chunks is not None else "")
-        + f" sent (+{points - last_points})"
-    ]
+    parts = [f"status: {points} points in {source.sent_chunks} chunks sent "
+             f"(+{points - last_points})"]
     schedule = getattr(source, "schedule_stats", None)
     if schedule is not None:
         counters = schedule()
@@ -301,12 +297,6 @@ def _status_line(source: Any, last_points: int) -> tuple[str, int]:
     if stats.get("spooled_points"):
         parts.append(f"{stats['spooled_points']} points spooled")
     return ", ".join(parts), points
-
-
-def _sent_chunks(source: Any) -> int | None:
-    # Source counts confirmed chunks only on its publisher (no public counter yet).
-    publisher = getattr(source, "_publisher", None)
-    return getattr(publisher, "confirmed_chunks", None)
 
 
 def _failure_message(source: Any, url: str | None) -> str:
