@@ -30,7 +30,6 @@ from ..plugin import LoadedKind, PluginSet, load_plugins
 from ..sink import Sink
 from ..timeseries import Timedelta, Timestamp
 from ._common import (
-    EXIT_CONNECT,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_PIPE,
@@ -41,6 +40,7 @@ from ._common import (
     duration_argument,
     ends_quietly_on_closed_stdout,
     setup_logging,
+    start_client,
 )
 
 #: Seconds ``--once`` waits after a priming update at most, whatever a plugin asks for.
@@ -217,13 +217,7 @@ def _run(source: Any, args: argparse.Namespace) -> int:
 def _start(source: Any, args: argparse.Namespace) -> int | None:
     """Start ``source``; on failure print why, once, and return the exit code."""
     try:
-        source.start()
-    except (ConnectFailed, RPCTimeout) as error:
-        print(
-            f"mqsync-source: {connect_failure_message(error, args.url, source.token)}",
-            file=sys.stderr,
-        )
-        return EXIT_CONNECT
+        return start_client("mqsync-source", source, args.url)
     except ConfigError as error:  # the manager's configuration for this token
         print(
             f"mqsync-source: the configuration the manager holds for {source.token!r} is "
@@ -234,7 +228,6 @@ def _start(source: Any, args: argparse.Namespace) -> int | None:
     except MqsyncError as error:
         print(f"mqsync-source: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    return None
 
 
 def _serve(
