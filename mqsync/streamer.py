@@ -473,14 +473,20 @@ class DataStreamer:
             after = stream.last_id
             query = _select_query(stream.name, self._storages[stream.name], stream.sql_filter)
             limit = -1 if stream.max_rows is None else stream.max_rows
+            conn = self._connection()
             try:
-                conn = self._connection()
                 newest = conn.execute(f'SELECT max("_id") FROM "{stream.name}"').fetchone()[0]
                 if newest is None or newest <= after:
                     return
                 fetched = conn.execute(query, (after, newest, limit)).fetchall()
             except sqlite3.Error as exc:
-                raise StreamerError(f"cannot read storage {stream.name!r}: {exc}") from exc
+                # e.g. an sqlfilter that fails on some row's data: this stream tries again
+                # at its next period, the others go on
+                stream.failures += 1
+                logger.warning("stream of storage %r: reading its rows failed (failure %d), "
+                               "tried again at the next period: %s", stream.name,
+                               stream.failures, exc)
+                return
         limited = stream.max_rows is not None and len(fetched) >= stream.max_rows
         # Checked again here so that not even a UNION in an sqlfilter can resend a row.
         fetched = [row for row in fetched if after < row[0] <= newest]

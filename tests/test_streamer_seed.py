@@ -484,3 +484,21 @@ def test_doUpdates_also_runs_pythonic_streams(logstream):
     logstream.doUpdates(1001.0, messenger)
     assert received == [[(1.0, "root", 10, "m")]]
     assert messenger.attempts == []
+
+
+def test_an_sqlfilter_failing_on_some_rows_holds_back_only_its_own_stream(logstream, caplog):
+    # the filter passes the check at stream() (an empty table) but fails on a row's data
+    logstream.addStorage("other", ["v"], ["INTEGER"])
+    logstream.storeData("logkey", 1.0, "root", 10, "not json")
+    logstream.storeData("other", 1.0, 7)
+    logstream.stream("logkey", "n", "g", "d", 1.0, rows_formatter,
+                     sqlfilter="json_extract(msg, '$.x') > 1")
+    logstream.stream("other", "n", "g", "d", 1.0, rows_formatter)
+    messenger = RecordingMessenger()
+    caplog.set_level(logging.WARNING, logger="mqsync.streamer")
+    first = logstream.doUpdates(1001.0, messenger)
+    second = logstream.doUpdates(1002.0, messenger)
+    assert sent_rows(messenger) == [(1.0, 7)]  # the other stream went on
+    assert first == 1002.0 and second == 1003.0  # the failing stream's schedule moves on
+    assert logstream.streamer.stream_status("logkey").failures == 2
+    assert "reading its rows failed" in caplog.text
