@@ -54,8 +54,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT_VERSION = 1
-"""The version written in every state file's envelope."""
+STATE_FORMAT_VERSION = 2
+"""The version written in every state file's envelope (2: tagged values such as
+``{"$datetime": ...}``; a version 1 file is read as plain JSON)."""
 
 _ENVELOPE_KEY = "mqsync_state"
 _TEMP_SUFFIX = ".tmp"
@@ -190,7 +191,7 @@ def _from_json(value: Any) -> Any:
         if tag == _TAG_DATETIME:
             decoded = datetime.datetime.fromisoformat(tagged)
             if "zone" in value:
-                decoded = decoded.replace(tzinfo=zoneinfo.ZoneInfo(value["zone"]))
+                decoded = _in_zone(decoded, value["zone"])
             return decoded.replace(fold=value.get("fold", 0))
         if tag == _TAG_DATE:
             return datetime.date.fromisoformat(tagged)
@@ -202,6 +203,17 @@ def _from_json(value: Any) -> Any:
         return Timedelta(_exact_int(tagged))
     except (TypeError, ValueError, OverflowError, zoneinfo.ZoneInfoNotFoundError) as exc:
         raise ValueError(f"invalid {tag} value {tagged!r} ({exc})") from None
+
+
+def _in_zone(value: datetime.datetime, zone: str) -> datetime.datetime:
+    """``value`` (with the UTC offset it was saved with) in the time zone named ``zone``;
+    in that offset when this machine has no such zone (no tzdata): the same instant."""
+    try:
+        return value.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    except zoneinfo.ZoneInfoNotFoundError:
+        logger.warning("state: time zone %r is not known here; %s keeps its UTC offset",
+                       zone, value.isoformat())
+        return value
 
 
 def _exact_int(value: Any) -> int:
@@ -329,7 +341,8 @@ def _decode(data: bytes) -> Any:
             f"state format version {version} is newer than this mqsync reads "
             f"({STATE_FORMAT_VERSION}); upgrade mqsync or remove the file"
         )
-    return _from_json(document["state"])
+    # version 1 had no tags: an application's own "$date" key there is just a key
+    return document["state"] if version == 1 else _from_json(document["state"])
 
 
 def _load(
@@ -387,8 +400,10 @@ class StateMixin:
     or the instance:
 
     * ``state_dir``: ``None`` (the default) means the ``cache_dir`` key of the object's
-      ``config`` (a source's configuration from the manager or its plugin file, as n6
-      reads ``cache_dir`` from the collector's config), else :func:`default_state_dir`.
+      configuration (a plugin source's ``configuration``, from its file and the manager,
+      else a client's ``config`` from the manager; n6 reads ``cache_dir`` from the
+      collector's config the same way), else :func:`default_state_dir`.  A plugin that
+      takes ``cache_dir`` lists it among its configuration keys.
       A source gets its configuration when it connects, so load the state after
       :meth:`~mqsync.Client.start` (or in ``task()`` / ``update()``). :meth:`save_state`
       writes to the file :meth:`load_state` read, so the two always match.
@@ -415,7 +430,9 @@ class StateMixin:
         name = self.state_name or getattr(self, "token", None) or type(self).__name__
         directory = self.state_dir
         if directory is None:
-            config = getattr(self, "config", None)
+            # a plugin source's whole configuration (its file and the manager's), else a
+            # client's configuration from the manager
+            config = getattr(self, "configuration", None) or getattr(self, "config", None)
             cache_dir = config.get("cache_dir") if isinstance(config, Mapping) else None
             if cache_dir is not None:
                 if not isinstance(cache_dir, str) or not cache_dir:

@@ -62,7 +62,7 @@ def test_file_is_readable_json_with_an_envelope(tmp_path):
     path = tmp_path / "s.json"
     save_state({"b": 1, "a": 2}, path)
     document = json.loads(path.read_text())
-    assert document["mqsync_state"] == 1
+    assert document["mqsync_state"] == 2
     assert document["state"] == {"a": 2, "b": 1}
     assert "saved_at" in document
 
@@ -156,11 +156,10 @@ def test_an_applications_dict_that_looks_tagged_loads_back_as_written(tmp_path, 
     {"$date": "2026-13-01"},
     {"$mqsync.Timestamp": "5"},
     {"$timedelta": [1, 2]},
-    {"$datetime": "2026-11-29T01:00:00", "zone": "No/Such_Zone"},
 ])
 def test_a_damaged_tagged_value_is_a_damaged_file(tmp_path, caplog, bad):
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"mqsync_state": 1, "state": {"x": bad}}))
+    path.write_text(json.dumps({"mqsync_state": 2, "state": {"x": bad}}))
     with caplog.at_level(logging.ERROR, logger="mqsync.state"):
         assert load_state(path, dict) == {}
     assert "invalid $" in caplog.text
@@ -491,3 +490,33 @@ def test_cache_dir_in_the_configuration_must_be_a_path(tmp_path):
 
     with pytest.raises(StateError, match="cache_dir in the configuration must be a directory"):
         Collector().load_state()
+
+
+def test_a_zone_this_machine_does_not_know_keeps_the_saved_offset(tmp_path, caplog):
+    path = tmp_path / "s.json"
+    save_state({"n": 5, "t": datetime.datetime(2026, 7, 1, 12, 0, tzinfo=BERLIN)}, path)
+    path.write_text(path.read_text().replace("Europe/Berlin", "No/Such_Zone"))
+    with caplog.at_level(logging.WARNING, logger="mqsync.state"):
+        state = load_state(path, dict)
+    assert state["n"] == 5  # not thrown away as damaged
+    assert state["t"] == datetime.datetime(2026, 7, 1, 12, 0, tzinfo=BERLIN)  # same instant
+    assert state["t"].utcoffset() == datetime.timedelta(hours=2)
+    assert "No/Such_Zone" in caplog.text and not corrupt_files(tmp_path)
+
+
+def test_a_version_1_file_is_read_without_tags(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"mqsync_state": 1, "saved_at": "x",
+                                "state": {"own": {"$date": "2026-11-29"}}}))
+    assert load_state(path) == {"own": {"$date": "2026-11-29"}}
+
+
+def test_a_plugin_source_takes_cache_dir_from_its_configuration_file(tmp_path):
+    class Stateful(StateMixin, mqsync.PluginSource):
+        def configure(self, config):
+            self.cache_dir = config.get("cache_dir")
+
+    source = Stateful("source-stateful", config={"cache_dir": str(tmp_path / "cache")})
+    source.save_state({"n": 1})
+    assert source.state_path == tmp_path / "cache" / "source-stateful.json"
+    assert load_state(tmp_path / "cache" / "source-stateful.json") == {"n": 1}
