@@ -571,3 +571,36 @@ def test_every_option_has_a_help_line(main, monkeypatch):
         if action.option_strings and not action.help
     ]
     assert not missing, missing
+
+
+def test_a_signal_while_once_primes_ends_it_without_sending():
+    import argparse
+    import threading
+
+    from mqsync.cli import source as source_cli
+
+    class Priming:
+        priming_interval = 5.0  # a signal must not wait this out
+
+        def __init__(self):
+            self.updates = 0
+            self.sent = []
+
+        def send(self, *point):
+            self.sent.append(point)
+
+        send_many = send
+
+        def update(self):
+            self.updates += 1
+            self.send("m", 1, 1.0)
+
+        def flush(self):
+            pass
+
+    fake = Priming()
+    stop = threading.Event()
+    stop.set()  # SIGINT/SIGTERM came in
+    code = source_cli._once(fake, argparse.Namespace(url=None), stop)
+    assert code == 0
+    assert fake.updates == 1 and fake.sent == []  # the priming update only, nothing sent

@@ -542,13 +542,17 @@ def duration_argument(text: Any) -> float:
     return seconds
 
 
-def start_client(prog: str, client: Any, url: str | None = None) -> int | None:
-    """Start ``client``; on a connection failure print why and return ``EXIT_CONNECT``.
+def start_client(prog: str, client: Any, url: str | None = None,
+                 then: Callable[[], object] | None = None) -> int | None:
+    """Start ``client`` (and call ``then``, e.g. a subscribe); on a connection failure
+    print why and return ``EXIT_CONNECT``.
 
     ``url`` is the broker URL the command was given (default: the client's own, masked).
     """
     try:
         client.start()
+        if then is not None:
+            then()
     except (ConnectFailed, RPCTimeout) as error:
         print(
             f"{prog}: {connect_failure_message(error, url or client.url, client.token)}",
@@ -559,6 +563,15 @@ def start_client(prog: str, client: Any, url: str | None = None) -> int | None:
 
 
 # -- connection failures in the user's terms -------------------------------------------
+
+
+def failure_message(client: Any, url: str | None) -> str:
+    """Why ``client`` stopped by itself: a lost connection in the user's terms, else its
+    failure as it is."""
+    failure = client.failure
+    if isinstance(failure, (ConnectFailed, RPCTimeout)):
+        return connect_failure_message(failure, url, client.token)
+    return f"stopped: {failure}"
 
 #: AMQP reply codes (RabbitMQ) behind the usual first-run mistakes.
 _ACCESS_REFUSED = 403

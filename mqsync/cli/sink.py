@@ -11,19 +11,19 @@ import threading
 import time
 from typing import Any, TextIO
 
-from ..errors import ConnectFailed, MqsyncError, RPCTimeout
+from ..errors import MqsyncError
 from ..sink import Sink
 from ..timeseries import Timestamp
 from ._common import (
-    EXIT_CONNECT,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_PIPE,
     CommandParser,
     LineWriter,
-    connect_failure_message,
     ends_quietly_on_closed_stdout,
+    failure_message,
     setup_logging,
+    start_client,
 )
 
 EXAMPLE = """\
@@ -138,25 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "csv":
             sink.write_header()
         try:
-            sink.start()
-            sink.subscribe(args.metrics)
-        except (ConnectFailed, RPCTimeout) as error:
-            print(
-                f"mqsync-sink: {connect_failure_message(error, args.url, sink.token)}",
-                file=sys.stderr,
-            )
-            return EXIT_CONNECT
+            failed = start_client("mqsync-sink", sink, args.url,
+                                  then=lambda: sink.subscribe(args.metrics))
         except MqsyncError as error:
             print(f"mqsync-sink: {error}", file=sys.stderr)
             return EXIT_FAILURE
+        if failed is not None:
+            return failed
         _wait(sink, done, args.duration)
         if sink.output_closed:
             return EXIT_PIPE
         if sink.failure is not None:
-            print(
-                f"mqsync-sink: {connect_failure_message(sink.failure, args.url, sink.token)}",
-                file=sys.stderr,
-            )
+            print(f"mqsync-sink: {failure_message(sink, args.url)}", file=sys.stderr)
             return EXIT_FAILURE
         return EXIT_OK
     finally:
@@ -173,7 +166,7 @@ def _wait(sink: StreamSink, done: threading.Event, duration: float | None) -> No
     deadline = None if duration is None else time.monotonic() + duration
     while True:
         step = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-        if step <= 0 or done.wait(step) or sink.wait(0):
+        if step <= 0 or done.wait(step) or sink.wait(0, catch_signals=()):
             return
 
 

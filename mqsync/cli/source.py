@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import read_config_file
-from ..errors import ConfigError, ConnectFailed, MqsyncError, PluginError, RPCTimeout
+from ..errors import ConfigError, MqsyncError, PluginError
 from ..plugin import LoadedKind, PluginSet, load_plugins
 from ..sink import Sink
 from ..timeseries import Timedelta, Timestamp
@@ -36,9 +36,9 @@ from ._common import (
     EXIT_USAGE,
     CommandParser,
     LineWriter,
-    connect_failure_message,
     duration_argument,
     ends_quietly_on_closed_stdout,
+    failure_message,
     setup_logging,
     start_client,
 )
@@ -184,7 +184,7 @@ def _run(source: Any, args: argparse.Namespace) -> int:
         if failed is not None:
             return failed
         if args.once:
-            return _once(source, args)
+            return _once(source, args, stop)
         if args.url is None:
             try:
                 printer = _start_printer(source, on_closed=stop.set)
@@ -199,11 +199,15 @@ def _run(source: Any, args: argparse.Namespace) -> int:
             )
         else:
             print(f"mqsync-source: {_startup_line(source, args)}", file=sys.stderr, flush=True)
-        _serve(source, printer, stop, args.status_interval)
+        try:
+            _serve(source, printer, stop, args.status_interval)
+        except MqsyncError as error:  # the printer could not subscribe to a new metric
+            print(f"mqsync-source: {error}", file=sys.stderr)
+            return EXIT_FAILURE
         if printer is not None and printer.writer.closed:
             return EXIT_PIPE
         if source.failure is not None:
-            print(f"mqsync-source: {_failure_message(source, args.url)}", file=sys.stderr)
+            print(f"mqsync-source: {failure_message(source, args.url)}", file=sys.stderr)
             return EXIT_FAILURE
         return EXIT_OK
     finally:
@@ -242,7 +246,8 @@ def _serve(
         wait = 0.5
         if next_status is not None:
             wait = min(wait, max(0.0, next_status - time.monotonic()))
-        if stop.wait(wait) or source.wait(0):  # stopped by itself: a failure
+        # the signals are the command's (stop): source.wait must not take them over
+        if stop.wait(wait) or source.wait(0, catch_signals=()):  # stopped by itself
             return
         if next_status is not None and time.monotonic() >= next_status:
             line, last_points = _status_line(source, last_points)
@@ -292,13 +297,6 @@ def _status_line(source: Any, last_points: int) -> tuple[str, int]:
     return ", ".join(parts), points
 
 
-def _failure_message(source: Any, url: str | None) -> str:
-    failure = source.failure
-    if isinstance(failure, (ConnectFailed, RPCTimeout)):
-        return connect_failure_message(failure, url, source.token)
-    return f"the source stopped: {failure}"
-
-
 def _start_printer(source: Any, on_closed: Any) -> PrintingSink:
     declared = source.metrics()
     units = {name: str(meta.get("unit", "")) for name, meta in declared.items()}
@@ -306,12 +304,16 @@ def _start_printer(source: Any, on_closed: Any) -> PrintingSink:
         f"sink-print-{source.token}", None, out=sys.stdout, units=units, on_closed=on_closed
     )
     printer.start()
-    if declared:
-        printer.subscribe(sorted(declared))
+    try:
+        if declared:
+            printer.subscribe(sorted(declared))
+    except BaseException:
+        printer.stop()
+        raise
     return printer
 
 
-def _once(source: Any, args: argparse.Namespace) -> int:
+def _once(source: Any, args: argparse.Namespace, stop: threading.Event) -> int:
     """One update; print exactly what it sent (for checking a plugin, and for cron).
 
     A source with a ``priming_interval`` first gets an update whose points are dropped,
@@ -340,7 +342,8 @@ def _once(source: Any, args: argparse.Namespace) -> int:
         wait = _priming_seconds(source)
         if wait:
             source.update()
-            time.sleep(wait)
+            if stop.wait(wait):  # SIGINT/SIGTERM while priming: nothing sent
+                return EXIT_OK
         priming = False
         source.update()
         source.flush()
