@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import kombu.transport.virtual
+import kombu.transport.memory
 import re2
 
 from ..client import (
@@ -522,8 +522,8 @@ def _db_bindings(metrics: Any) -> tuple[list[str], list[str]]:
 
 def _delete_queue(channel: Any, queue: str) -> None:
     channel.queue_delete(queue=queue)
-    if isinstance(channel, kombu.transport.virtual.Channel):
-        # kombu's virtual transports (the embedded network's memory://) delete a queue
-        # only through its bindings: one unbound before (a drained subscription) would
-        # stay, with its end marker, for the life of the process.
+    if isinstance(channel, kombu.transport.memory.Channel):
+        # kombu's memory transport (the embedded network) deletes a queue only through
+        # its bindings: one unbound before (a drained subscription) would stay, with its
+        # end marker, for the life of the process.
         channel._delete(queue)
