@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -133,6 +133,12 @@ def assert_quiet_end(code: int | None, stderr: str) -> None:
     assert len(stderr.splitlines()) <= 3, stderr[-2000:]
 
 
+def dummy_source(manager: Any, token: str, config: Path) -> tuple[object, ...]:
+    """The arguments of ``running``/``run`` for a dummy source on the manager's network."""
+    return ("source", "--plugin", "dummy", "--url", manager.url, "--token", token,
+            "--config", config)
+
+
 def dummy_config(tmp_path: Path, prefix: str, metrics: int = 2) -> Path:
     path = tmp_path / f"dummy-{prefix}.json"
     path.write_text(json.dumps({"prefix": prefix, "metrics": metrics}))
@@ -179,15 +185,7 @@ def test_sink_piped_into_a_reader_that_stops_after_three_lines_ends_quietly(
 ):
     config = dummy_config(tmp_path, unique, metrics=1)
     with running(
-        "source",
-        "--plugin",
-        "dummy",
-        "--url",
-        manager.url,
-        "--token",
-        f"source-{unique}",
-        "--config",
-        config,
+        *dummy_source(manager, f"source-{unique}", config),
         "--period",
         "10ms",
         env=env,
@@ -285,15 +283,7 @@ def test_source_prints_one_startup_line_and_a_status_line_per_interval(
     token = f"source-{unique}"
     config = dummy_config(tmp_path, unique)
     with running(
-        "source",
-        "--plugin",
-        "dummy",
-        "--url",
-        manager.url,
-        "--token",
-        token,
-        "--config",
-        config,
+        *dummy_source(manager, token, config),
         "--period",
         "100ms",
         "--status-interval",
@@ -333,15 +323,7 @@ def test_source_without_status_interval_prints_only_the_startup_line(
     manager, unique, env, tmp_path
 ):
     with running(
-        "source",
-        "--plugin",
-        "dummy",
-        "--url",
-        manager.url,
-        "--token",
-        f"source-{unique}",
-        "--config",
-        dummy_config(tmp_path, unique),
+        *dummy_source(manager, f"source-{unique}", dummy_config(tmp_path, unique)),
         "--period",
         "100ms",
         env=env,
@@ -365,15 +347,7 @@ def test_a_second_client_with_the_same_token_is_told_to_pick_another(
     token = f"source-{unique}"
     config = dummy_config(tmp_path, unique)
     with running(
-        "source",
-        "--plugin",
-        "dummy",
-        "--url",
-        manager.url,
-        "--token",
-        token,
-        "--config",
-        config,
+        *dummy_source(manager, token, config),
         env=env,
         tmp_path=tmp_path,
     ) as first:
