@@ -74,7 +74,7 @@ class Sink(Client):
     def on_chunk(self, metric: str, times_ns: Sequence[int], values: Sequence[float]) -> None:
         """Called for every received chunk; calls :meth:`on_data` per point by default."""
         on_data = self.on_data
-        timestamp = Timestamp._from_int  # the decoder gives ints: no check needed
+        timestamp = Timestamp
         for time_ns, value in zip(times_ns, values):
             on_data(metric, timestamp(time_ns), value)
 

@@ -183,7 +183,7 @@ class Drain(Sink):
             if item is _END:
                 return
             metric, times_ns, values = item
-            timestamp = Timestamp._from_int  # decoded times are ints: no check needed
+            timestamp = Timestamp
             for time_ns, value in zip(times_ns, values):
                 if (low is None or time_ns >= low) and (high is None or time_ns <= high):
                     yield metric, timestamp(time_ns), value

@@ -164,20 +164,33 @@ def _other_ns(other: object) -> int | None:
     return None
 
 
-@attrs.frozen(eq=False, order=False, repr=False)
 class Timedelta:
     """A duration, possibly negative, as an exact integer number of nanoseconds.
 
     ``Timedelta(ns)`` takes an ``int``; use :meth:`from_s`, :meth:`from_string` or
     :meth:`coerce` for other inputs.  Compares, adds and subtracts with
-    :class:`datetime.timedelta` as well.
+    :class:`datetime.timedelta` as well.  Immutable, hashable and picklable.
 
     Raises:
         TypeError: if *ns* is not an integer (``bool``, ``float`` and ``None`` included).
     """
 
-    ns: int = attrs.field(converter=_ns_int)
-    """Number of nanoseconds in this duration."""
+    # Immutable as fractions.Fraction is: the value lives in a private slot behind a
+    # read-only property.  A plain slotted class, so that construction from an int costs
+    # no more than any slotted object (an attrs frozen class costs twice as much).
+    __slots__ = ("_ns",)
+    __match_args__ = ("ns",)
+
+    def __init__(self, ns: int) -> None:
+        self._ns = ns if type(ns) is int else _ns_int(ns)
+
+    @property
+    def ns(self) -> int:
+        """Number of nanoseconds in this duration."""
+        return self._ns
+
+    def __reduce__(self) -> tuple[type[Timedelta], tuple[int]]:
+        return type(self), (self.ns,)
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -463,33 +476,32 @@ class Timedelta:
         return quotient, Timedelta(remainder)
 
 
-_new_object = object.__new__
-_set_attribute = object.__setattr__
-
-
-@attrs.frozen(eq=False, order=False, repr=False)
 class Timestamp:
     """A point in time: an exact integer number of nanoseconds since the UNIX epoch (UTC).
+
+    Immutable, hashable and picklable; ``Timestamp(int)`` costs what any slotted object
+    does, so building one per data point is cheap.
 
     Raises:
         TypeError: if *posix_ns* is not an integer (``bool``, ``float`` and ``None`` included).
     """
 
-    posix_ns: int = attrs.field(converter=_ns_int)
-    """Number of nanoseconds since the UNIX epoch."""
+    # Immutable as Timedelta is (a private slot behind a read-only property).
+    __slots__ = ("_ns",)
+    __match_args__ = ("posix_ns",)
+
+    def __init__(self, posix_ns: int) -> None:
+        self._ns = posix_ns if type(posix_ns) is int else _ns_int(posix_ns)
+
+    @property
+    def posix_ns(self) -> int:
+        """Number of nanoseconds since the UNIX epoch."""
+        return self._ns
+
+    def __reduce__(self) -> tuple[type[Timestamp], tuple[int]]:
+        return type(self), (self.posix_ns,)
 
     # -- constructors ---------------------------------------------------------------------
-
-    @classmethod
-    def _from_int(cls, posix_ns: int) -> Timestamp:
-        """Build from a value known to be an ``int`` (decoded data), skipping the check.
-
-        The sink's per-point path calls this for every point: the checked constructor
-        costs about twice as much.
-        """
-        timestamp = _new_object(cls)
-        _set_attribute(timestamp, "posix_ns", posix_ns)
-        return timestamp
 
     @classmethod
     def now(cls) -> Timestamp:

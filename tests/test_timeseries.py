@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import math
 import pickle
@@ -41,6 +42,46 @@ def test_timedelta_is_frozen():
     td = Timedelta(1)
     with pytest.raises(AttributeError):
         td.ns = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del td.ns  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        td.seconds = 2  # type: ignore[attr-defined]
+    assert td.ns == 1 and hash(td) == hash(Timedelta(1))
+
+
+@pytest.mark.parametrize("cls", [Timedelta, Timestamp])
+def test_time_types_take_integral_types_as_plain_int(cls):
+    class MyInt(int):
+        pass
+
+    for value in (MyInt(7), MyInt(7) * 1):
+        made = cls(value)
+        assert made == cls(7) and hash(made) == hash(cls(7))
+        assert type(made.ns if cls is Timedelta else made.posix_ns) is int
+
+
+class MyTimedelta(Timedelta):
+    pass
+
+
+class MyTimestamp(Timestamp):
+    pass
+
+
+@pytest.mark.parametrize(("cls", "sub"), [(Timedelta, MyTimedelta), (Timestamp, MyTimestamp)])
+def test_time_types_match_unpickle_and_copy_as_values(cls, sub):
+    # a subclass keeps its type through pickle and copy
+    for made in (cls(1_609_556_645_123_456_789), sub(-5)):
+        assert pickle.loads(pickle.dumps(made)) == made
+        assert type(pickle.loads(pickle.dumps(made))) is type(made)
+        assert copy.deepcopy(made) == made and copy.copy(made) == made
+    match cls(42):
+        case Timedelta(ns):
+            assert ns == 42
+        case Timestamp(posix_ns):
+            assert posix_ns == 42
+        case _:
+            pytest.fail("a time type does not match its own class pattern")
 
 
 @pytest.mark.parametrize(
