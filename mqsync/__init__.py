@@ -27,7 +27,7 @@ from .plugin import ConfigOption, PluginSource, SourceKind, hookimpl, load_plugi
 from .rpc import rpc_handler
 from .scheduler import TooManyFailures
 from .sink import DurableSink, Sink
-from .source import Source
+from .source import Source, SourceMetric
 from .subscription import Drain, Subscriber
 from .timeseries import TimeAggregate, Timedelta, Timestamp, TimeValue
 
@@ -57,6 +57,7 @@ __all__ = [
     "Sink",
     "Source",
     "SourceKind",
+    "SourceMetric",
     "Subscriber",
     "TimeAggregate",
     "TimeValue",

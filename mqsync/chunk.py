@@ -1,4 +1,4 @@
-"""DataChunk encoding and decoding, and the per-metric chunk buffer of a Source.
+"""DataChunk encoding and decoding.
 
 A MetricQ data message is one protobuf ``DataChunk`` holding the points of one metric: in each
 message the first ``time_delta`` is the absolute timestamp (int ns since the epoch) and every
@@ -17,9 +17,7 @@ import itertools
 import logging
 import operator
 import struct
-import sys
-import time
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -28,7 +26,7 @@ from mqsync.errors import InvalidMessage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkBuffer", "decode_chunk", "encode_chunk", "iter_points"]
+__all__ = ["check_chunk_size", "decode_chunk", "encode_chunk", "iter_points"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -143,7 +141,8 @@ def iter_points(payload: bytes | bytearray | memoryview) -> Iterator[tuple[int, 
     return zip(times, values)
 
 
-def _check_chunk_size(chunk_size: object) -> None:
+def check_chunk_size(chunk_size: object) -> None:
+    """Raise :class:`ValueError` unless ``chunk_size`` is an int >= 1 or None."""
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -151,110 +150,3 @@ def _check_chunk_size(chunk_size: object) -> None:
             f"invalid chunk_size {chunk_size!r}: expected an int >= 1, or None to publish"
             " only on explicit flush"
         )
-
-
-class ChunkBuffer:
-    """The points of one metric waiting to be published by a Source.
-
-    ``chunk_size`` is the number of points after which :meth:`append` reports the buffer full
-    (the official client's default is 1); ``None`` means never full: the owner flushes it
-    explicitly or after a flush interval, using :attr:`oldest_monotonic`.
-
-    The buffer does no locking (the owning Source holds one lock around it) and no checking on
-    the hot path: pass ``int`` nanoseconds and ``float`` values.  Points are kept in the order
-    they were appended; times are not required to ascend (a negative delta is valid int64), but
-    MetricQ readers expect ascending times, so a Source should not send out of order.
-
-    Each :meth:`take` encodes a chunk that stands alone (its first delta is absolute), so a
-    payload whose publish failed can be retried or spooled as is.
-    """
-
-    __slots__ = ("_chunk_size", "_limit", "_times", "_values", "_oldest", "_clock")
-
-    def __init__(
-        self, chunk_size: int | None, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        _check_chunk_size(chunk_size)
-        self._chunk_size = chunk_size
-        # One compare on the hot path for both cases: None can never be reached.
-        self._limit = sys.maxsize if chunk_size is None else chunk_size
-        self._times: list[int] = []
-        self._values: list[float] = []
-        self._oldest: float | None = None
-        self._clock = clock
-
-    @property
-    def chunk_size(self) -> int | None:
-        """Points per chunk, or ``None`` for explicit flushes only; settable."""
-        return self._chunk_size
-
-    @chunk_size.setter
-    def chunk_size(self, chunk_size: int | None) -> None:
-        _check_chunk_size(chunk_size)
-        self._chunk_size = chunk_size
-        self._limit = sys.maxsize if chunk_size is None else chunk_size
-
-    @property
-    def oldest_monotonic(self) -> float | None:
-        """The clock (``time.monotonic()``) at the first append since the last take, or None."""
-        return self._oldest
-
-    def append(self, time_ns: int, value: float) -> bool:
-        """Buffer one point; return True if the buffer now holds ``chunk_size`` points or more."""
-        times = self._times
-        if not times:
-            self._oldest = self._clock()
-        times.append(time_ns)
-        self._values.append(value)
-        return len(times) >= self._limit
-
-    def extend(self, times_ns: Sequence[int], values: Sequence[float]) -> bool:
-        """Buffer many points; return True if the buffer now holds ``chunk_size`` or more.
-
-        The buffer may then hold more than ``chunk_size`` points; :meth:`take` encodes them all
-        into one chunk.  Raises :class:`ValueError` (buffering nothing) if the lengths differ.
-        """
-        if len(times_ns) != len(values):
-            raise ValueError(
-                f"{len(times_ns)} times but {len(values)} values; expected one value per time"
-            )
-        if not times_ns:
-            return len(self._times) >= self._limit
-        if not self._times:
-            self._oldest = self._clock()
-        self._times.extend(times_ns)
-        self._values.extend(values)
-        return len(self._times) >= self._limit
-
-    def __len__(self) -> int:
-        return len(self._times)
-
-    def truncate(self, length: int) -> None:
-        """Drop the points appended after the first ``length`` (undo an append that failed)."""
-        del self._times[length:]
-        del self._values[length:]
-        if not self._times:
-            self._oldest = None
-
-    def take(self) -> bytes | None:
-        """Encode everything buffered as one standalone ``DataChunk`` and empty the buffer.
-
-        Returns None if the buffer is empty.  If encoding fails (a time that is not an int, a
-        value that is not a real number, a delta beyond int64) the buffered points are
-        discarded and the :class:`TypeError` or :class:`ValueError` is raised: such points can
-        never be encoded, and keeping them would make every later take fail too.  Validate
-        points before :meth:`append` to never lose good ones this way.
-        """
-        times, values = self._times, self._values
-        if not times:
-            return None
-        self._times = []
-        self._values = []
-        self._oldest = None
-        try:
-            return encode_chunk(times, values)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{exc}; the {len(times)} buffered points were discarded") from exc
-
-    def __repr__(self) -> str:
-        return f"ChunkBuffer(chunk_size={self._chunk_size!r}, pending={len(self._times)})"

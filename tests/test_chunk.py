@@ -1,4 +1,4 @@
-"""mqsync.chunk: the DataChunk codec and the per-metric ChunkBuffer."""
+"""mqsync.chunk: the DataChunk codec."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mqsync._proto import DataChunk
-from mqsync.chunk import ChunkBuffer, decode_chunk, encode_chunk, iter_points
+from mqsync.chunk import check_chunk_size, decode_chunk, encode_chunk, iter_points
 from mqsync.errors import InvalidMessage, MqsyncError
 
 T0 = 1_700_000_000_000_000_000
@@ -45,14 +45,6 @@ def from_bits(pattern: int) -> float:
 # Every double, including NaNs with any payload and sign, reached through its bit pattern.
 any_double = st.integers(0, 2**64 - 1).map(from_bits)
 doubles = st.floats(allow_nan=True, allow_infinity=True) | any_double
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- codec -------------------------------------------------------------------------------
@@ -256,136 +248,15 @@ def test_encode_rejects_delta_beyond_int64() -> None:
         encode_chunk([INT64_MIN, INT64_MAX], [1.0, 2.0])
 
 
-# --- ChunkBuffer -------------------------------------------------------------------------
-
-
-def test_buffer_chunk_size_3_gives_golden_vector() -> None:
-    buffer = ChunkBuffer(3)
-    assert buffer.append(T0, 0.0) is False
-    assert buffer.append(T0 + SECOND, 1.0) is False
-    assert buffer.append(T0 + SECOND + SECOND // 2, 2.0) is True
-    assert buffer.take() == GOLDEN_CHUNK3
-
-
-def test_buffer_chunk_size_1_is_full_after_each_point() -> None:
-    buffer = ChunkBuffer(1)
-    assert buffer.append(SECOND, 1.0) is True
-    first = buffer.take()
-    assert buffer.append(2 * SECOND, 2.5) is True
-    second = buffer.take()
-    # Each chunk stands alone: its first delta is absolute.
-    assert decode_chunk(first) == ([SECOND], [1.0])
-    assert decode_chunk(second) == ([2 * SECOND], [2.5])
-
-
-def test_take_resets_and_next_chunk_stands_alone() -> None:
-    buffer = ChunkBuffer(2)
-    buffer.append(T0, 1.0)
-    buffer.append(T0 + 10, 2.0)
-    assert len(buffer) == 2
-    assert decode_chunk(buffer.take()) == ([T0, T0 + 10], [1.0, 2.0])
-    assert len(buffer) == 0
-    assert buffer.take() is None
-    assert buffer.append(T0 + 20, 3.0) is False
-    assert DataChunk.FromString(buffer.take()).time_delta[:] == [T0 + 20]
-
-
-def test_buffer_stays_full_past_chunk_size() -> None:
-    buffer = ChunkBuffer(2)
-    buffer.append(1, 1.0)
-    assert buffer.append(2, 2.0) is True
-    assert buffer.append(3, 3.0) is True
-    assert decode_chunk(buffer.take()) == ([1, 2, 3], [1.0, 2.0, 3.0])
-
-
-def test_take_on_empty_buffer_is_none() -> None:
-    assert ChunkBuffer(5).take() is None
-    assert ChunkBuffer(None).take() is None
-
-
-def test_none_chunk_size_is_never_full() -> None:
-    buffer = ChunkBuffer(None)
-    assert buffer.chunk_size is None
-    assert not any(buffer.append(T0 + i, float(i)) for i in range(10_000))
-    assert buffer.extend([T0 + 10_000], [0.0]) is False
-    assert len(buffer) == 10_001
-    times, values = decode_chunk(buffer.take())
-    assert times == [T0 + i for i in range(10_000)] + [T0 + 10_000]
-    assert len(buffer) == 0
+# --- check_chunk_size --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("chunk_size", [0, -1, 1.0, "3", True, False, 2.5])
 def test_invalid_chunk_size(chunk_size: object) -> None:
     with pytest.raises(ValueError, match=r"invalid chunk_size .*expected an int >= 1, or None"):
-        ChunkBuffer(chunk_size)  # type: ignore[arg-type]
+        check_chunk_size(chunk_size)
 
 
-def test_extend() -> None:
-    buffer = ChunkBuffer(3)
-    assert buffer.extend([1, 2], [1.0, 2.0]) is False
-    assert buffer.extend([], []) is False
-    assert buffer.extend([3, 4], [3.0, 4.0]) is True
-    assert len(buffer) == 4
-    assert decode_chunk(buffer.take()) == ([1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0])
-
-
-def test_extend_length_mismatch_buffers_nothing() -> None:
-    buffer = ChunkBuffer(3)
-    buffer.append(1, 1.0)
-    with pytest.raises(ValueError, match="2 times but 1 values"):
-        buffer.extend([2, 3], [2.0])
-    assert len(buffer) == 1
-
-
-def test_out_of_order_points_are_kept_in_order_given() -> None:
-    buffer = ChunkBuffer(None)
-    buffer.extend([T0 + 5, T0, T0 + 3], [1.0, 2.0, 3.0])
-    payload = buffer.take()
-    assert DataChunk.FromString(payload).time_delta[:] == [T0 + 5, -5, 3]
-    assert decode_chunk(payload) == ([T0 + 5, T0, T0 + 3], [1.0, 2.0, 3.0])
-
-
-def test_oldest_monotonic() -> None:
-    clock = FakeClock(100.0)
-    buffer = ChunkBuffer(None, clock=clock)
-    assert buffer.oldest_monotonic is None
-    buffer.append(1, 1.0)
-    assert buffer.oldest_monotonic == 100.0
-    clock.now = 101.0
-    buffer.append(2, 2.0)
-    buffer.extend([3], [3.0])
-    assert buffer.oldest_monotonic == 100.0
-    buffer.take()
-    assert buffer.oldest_monotonic is None
-    clock.now = 105.0
-    buffer.extend([4], [4.0])
-    assert buffer.oldest_monotonic == 105.0
-    buffer.take()
-    buffer.extend([], [])
-    assert buffer.oldest_monotonic is None
-
-
-def test_oldest_monotonic_uses_time_monotonic_by_default() -> None:
-    import time
-
-    buffer = ChunkBuffer(10)
-    before = time.monotonic()
-    buffer.append(1, 1.0)
-    assert before <= buffer.oldest_monotonic <= time.monotonic()
-
-
-def test_take_of_unencodable_points_discards_and_raises() -> None:
-    buffer = ChunkBuffer(None)
-    buffer.append(1, 1.0)
-    buffer.append(2, "two")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="value at index 1.*the 2 buffered points were discarded"):
-        buffer.take()
-    assert len(buffer) == 0 and buffer.oldest_monotonic is None
-    buffer.append(3, 3.0)
-    assert decode_chunk(buffer.take()) == ([3], [3.0])
-
-
-def test_repr() -> None:
-    buffer = ChunkBuffer(4)
-    buffer.append(1, 1.0)
-    assert repr(buffer) == "ChunkBuffer(chunk_size=4, pending=1)"
+@pytest.mark.parametrize("chunk_size", [1, 1000, None])
+def test_valid_chunk_size(chunk_size: object) -> None:
+    check_chunk_size(chunk_size)
