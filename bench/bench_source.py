@@ -26,6 +26,21 @@ connection: ``encode_chunk`` + ``channel.basic_publish`` per chunk, without conf
 (then one synchronous round trip, so the broker processed them) and with pipelined
 confirms (``confirm_select``, publish all, wait for the last ack), as mqsync does.
 
+**The per-point floor**: ``N`` points of one metric, chunk 1000, a new ``Timestamp`` per
+point, the send loop alone timed (the chunks go to ``metricq.data`` unrouted: no sink and
+no queue take them, so nothing else in the process competes), against a bare loop doing
+the minimum a buffered sender must: under a lock, two list appends, and a cut every 1000
+points.  Every loop computes its time ``T0 + i * step`` and value the same way.  Figures:
+``source.send(metric, Timestamp(t), v)``, the per-metric handle
+``metric.send(Timestamp(t), v)`` (``metric = source.metric(name)``), ``send`` with int
+nanoseconds, and ``Timestamp(t)`` alone.
+
+**Chunk size 1**: the CPU time of the whole process (every thread: the send loop and the
+IO thread's publishing and confirm handling) per ``send()`` with ``chunk_size=1``, from
+the first send to the confirmed flush.  The broker round trip is waiting, not CPU, so it
+is excluded.  Baseline: raw kombu publishing one encoded point per message, without
+confirms, on one connection.
+
 ``--profile`` skips the timing and runs the mqsync paths under cProfile (every thread).
 """
 
@@ -35,10 +50,11 @@ import argparse
 import contextlib
 import gc
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -210,6 +226,141 @@ def _k(rate: float) -> str:
     return f"{rate / 1e3:>8.1f} k"
 
 
+# -- the per-point floor ---------------------------------------------------------------
+
+FLOOR_CHUNK = 1000
+
+
+def floor_bare(points: int) -> None:
+    """The minimum per point of a buffered sender: a lock, two appends, a cut per chunk."""
+    lock = threading.Lock()
+    times: list[int] = []
+    values: list[float] = []
+    for i in range(points):
+        with lock:
+            times.append(T0 + i * STEP_NS)
+            values.append(i * 0.5)
+            if len(times) >= FLOOR_CHUNK:
+                times, values = [], []  # the cut: a real sender encodes and hands them over
+
+
+def floor_timestamps(points: int) -> None:
+    timestamp = mqsync.Timestamp
+    for i in range(points):
+        timestamp(T0 + i * STEP_NS)
+        i * 0.5  # noqa: B018 - the same arithmetic as the other loops
+
+
+def floor_send(source: mqsync.Source, metric: str, points: int) -> None:
+    send = source.send
+    timestamp = mqsync.Timestamp
+    for i in range(points):
+        send(metric, timestamp(T0 + i * STEP_NS), i * 0.5)
+
+
+def floor_send_ns(source: mqsync.Source, metric: str, points: int) -> None:
+    send = source.send
+    for i in range(points):
+        send(metric, T0 + i * STEP_NS, i * 0.5)
+
+
+def floor_handle(source: mqsync.Source, metric: str, points: int) -> None:
+    send = source.metric(metric).send
+    timestamp = mqsync.Timestamp
+    for i in range(points):
+        send(timestamp(T0 + i * STEP_NS), i * 0.5)
+
+
+def bench_floor(url: str, runs: int, quick: bool) -> list[Result]:
+    points = 40_000 if quick else 200_000
+    metric = f"bench.floor.{uuid.uuid4().hex[:6]}"  # bound to no queue: dropped unrouted
+    print(f"\nper-point floor: {points} points of one metric, chunk {FLOOR_CHUNK}, a "
+          f"Timestamp per point, the send loop alone timed; points/s, median of {runs} runs")
+    with mqsync.Source(f"source-bench-floor-{uuid.uuid4().hex[:6]}", url,
+                       chunk_size=FLOOR_CHUNK) as source:
+        has_handle = hasattr(source, "metric")  # (an older mqsync, measured for comparison)
+        ways: dict[str, Callable[[], None]] = {
+            "bare": lambda: floor_bare(points),
+            "timestamp": lambda: floor_timestamps(points),
+            "send": lambda: floor_send(source, metric, points),
+            "send_ns": lambda: floor_send_ns(source, metric, points),
+        }
+        if has_handle:
+            ways["handle"] = lambda: floor_handle(source, metric, points)
+        floor_send(source, metric, 2 * FLOOR_CHUNK)  # warm up
+        source.flush()
+        figures: dict[str, list[float]] = {way: [] for way in ways}
+        for run in range(runs):
+            order = list(ways)
+            if run % 2:
+                order.reverse()
+            for way in order:
+                figures[way].append(points / _common.timed(ways[way]))
+                source.flush()  # not timed: the chunks of this run leave before the next
+        rate = {way: median(values) for way, values in figures.items()}
+    labels = {"bare": "bare loop: lock, 2 appends, cut per 1000",
+              "timestamp": "Timestamp(t) alone",
+              "send": "source.send(metric, Timestamp(t), v)",
+              "handle": "metric.send(Timestamp(t), v)",
+              "send_ns": "source.send(metric, t_ns, v)"}
+    print(f"{'loop':<42} {'points/s':>12} {'vs bare':>8} {'ns/point':>9}")
+    for way in rate:
+        print(f"{labels[way]:<42} {rate[way] / 1e6:>10.3f} M {rate[way] / rate['bare']:>7.2f}x "
+              f"{1e9 / rate[way]:>9.0f}")
+    results = [
+        Result("send(), a Timestamp per point, send only", rate["send"], "points/s",
+               "bare loop", rate["bare"], target_ratio=0.4),
+        Result("send(), int ns per point, send only", rate["send_ns"], "points/s",
+               "bare loop", rate["bare"]),
+    ]
+    if has_handle:
+        results.insert(1, Result("metric.send(), a Timestamp per point, send only",
+                                 rate["handle"], "points/s", "bare loop", rate["bare"],
+                                 target_ratio=0.5))
+    return results
+
+
+# -- chunk size 1: CPU per send() -------------------------------------------------------
+
+
+def bench_chunk1_cpu(url: str, runs: int, quick: bool) -> list[Result]:
+    points = 3_000 if quick else 20_000
+    metric = f"bench.chunk1.{uuid.uuid4().hex[:6]}"  # bound to no queue: dropped unrouted
+    print(f"\nchunk size 1: process CPU per point (every thread), {points} points, "
+          f"median of {runs} runs")
+    figures: dict[str, list[float]] = {"mqsync": [], "raw": []}
+    with mqsync.Source(f"source-bench-chunk1-{uuid.uuid4().hex[:6]}", url,
+                       chunk_size=1) as source, _common.Broker(url) as raw:
+
+        def run_mqsync() -> None:
+            floor_send(source, metric, points)
+            source.flush()
+
+        def run_raw() -> None:
+            channel = raw.channel
+            for i in range(points):  # encoding included, as mqsync's send() does it
+                payload = encode_chunk([T0 + i * STEP_NS], [i * 0.5])
+                message = channel.prepare_message(payload, None, None, None, None,
+                                                  {"delivery_mode": 2})
+                channel.basic_publish(message, exchange="metricq.data", routing_key=metric)
+
+        run_mqsync()  # warm up
+        ways = {"mqsync": run_mqsync, "raw": run_raw}
+        for run in range(runs):
+            order = list(ways) if run % 2 == 0 else list(reversed(ways))
+            for way in order:
+                gc.collect()
+                started = time.process_time()
+                ways[way]()
+                figures[way].append((time.process_time() - started) / points * 1e6)
+    cpu = {way: median(values) for way, values in figures.items()}
+    print(f"mqsync send() + confirmed flush: {cpu['mqsync']:.1f} us CPU per point; raw kombu "
+          f"encode + basic_publish, no confirms: {cpu['raw']:.1f} us")
+    return [Result("chunk_size=1: process CPU per send()", cpu["mqsync"], "us",
+                   "raw encode+publish", cpu["raw"], higher_is_better=False,
+                   note="all threads, from the first send to the confirmed flush")]
+
+
 # -- bulk send --------------------------------------------------------------------------
 
 
@@ -356,6 +507,8 @@ def run(url: str, runs: int, quick: bool) -> list[Result]:
                 official_peer = _common.OfficialPeer("official_send.py", "--url", url)
             with official_peer as official:
                 results = bench_per_point(url, runs, quick, official, broker, queue)
+            results += bench_floor(url, runs, quick)
+            results += bench_chunk1_cpu(url, runs, quick)
             results += bench_bulk(url, runs, quick, broker, queue)
         finally:
             broker.delete(queue)
