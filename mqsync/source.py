@@ -407,12 +407,15 @@ class Source(Client):
         return PublishFailed(f"{self.token}: cannot send to {metric!r}: the source is "
                              f"{self._state}")
 
-    def _publish(self, handle: SourceMetric, accepted: int, wait: bool = True) -> None:
+    def _publish(self, handle: SourceMetric, accepted: int, wait: bool = True,
+                 points: tuple[Sequence[int], Sequence[float]] | None = None) -> None:
         """Under the buffer lock: hand the metric's points over as one chunk.
 
         If there is no room (or the source cannot publish), the points after the first
         ``accepted`` (those the caller just added) are taken back and the error raised;
         with ``wait=False`` (the flush timer, on the IO thread) it returns instead.
+        ``points`` (times and values, the buffer being empty) are handed over instead of
+        the buffer's: checked times, and values the encoder checks.
         """
         publisher = self._publisher
         try:
@@ -421,14 +424,17 @@ class Source(Client):
             if not publisher.reserve(self.send_timeout if wait else None):
                 if not wait:
                     return
+                refused = len(points[0]) if points else len(handle._times) - accepted
                 raise PublishFailed(f"{self.token}: the broker has not confirmed earlier chunks "
-                                    f"for {self.send_timeout:g} s; "
-                                    f"{len(handle._times) - accepted} point(s) of "
+                                    f"for {self.send_timeout:g} s; {refused} point(s) of "
                                     f"{handle.name!r} not accepted")
         except BaseException:
             handle._truncate(accepted)
             raise
-        publisher.hand(handle.name, *handle._take())
+        if points is None:
+            publisher.hand(handle.name, *handle._take())
+        else:
+            publisher.hand(handle.name, _encode_checked(*points), len(points[0]))
 
     def _flush_stale(self) -> None:
         """IO thread tick: publish chunks whose first point waited ``flush_interval``."""
@@ -528,20 +534,28 @@ class SourceMetric:
             TypeError: a time or value of the wrong type.
             PublishFailed: as :meth:`Source.send`.
         """
-        if len(times) != len(values):
-            raise ValueError(f"send_many() of {self.name!r}: {len(times)} times but "
+        count = len(times)
+        if count != len(values):
+            raise ValueError(f"send_many() of {self.name!r}: {count} times but "
                              f"{len(values)} values; expected one value per time")
-        # Fast paths for the usual sequences of ints and floats (a type check per point
-        # in C); anything else is converted and checked point by point.
-        times_ns = times if set(map(type, times)) == {int} else [_as_ns(t) for t in times]
-        if not times_ns:
+        if not count:
             return
+        # A type check per point in C (list.count compares by identity first) for the
+        # usual list of ints; anything else is converted and checked point by point.
+        times_ns = times if list(map(type, times)).count(int) == count \
+            else [_as_ns(t) for t in times]
         # sorted() of ascending times (the usual case) is one pass, cheaper than min+max
         ordered = sorted(times_ns)  # type: ignore[type-var]
         if not (ordered[0] > -TIME_LIMIT_NS and ordered[-1] < TIME_LIMIT_NS):
             raise _time_out_of_range(ordered[0] if ordered[0] <= -TIME_LIMIT_NS
                                      else ordered[-1])
-        floats = values if set(map(type, values)) == {float} else [_as_float(v) for v in values]
+        with self._lock:
+            if not self._times and count >= self._limit:
+                # A chunk of their own: encoded as given, the encoder checks the values.
+                self._source._publish(self, 0, points=(times_ns, values))  # type: ignore[arg-type]
+                return
+        floats = values if list(map(type, values)).count(float) == count \
+            else [_as_float(v) for v in values]
         with self._lock:
             accepted = len(self._times)
             if not accepted:
@@ -607,6 +621,15 @@ def _as_ns(time: Any) -> int:
             pass
     raise TypeError(f"time must be a Timestamp or int nanoseconds since the epoch, got "
                     f"{type(time).__name__} {time!r}")
+
+
+def _encode_checked(times_ns: Sequence[int], values: Sequence[Any]) -> bytes:
+    """Encode checked times with values not checked yet: a value the encoder refuses is
+    converted as send() does, which raises the same error as send() for a bad one."""
+    try:
+        return encode_chunk(times_ns, values)
+    except TypeError:
+        return encode_chunk(times_ns, [_as_float(v) for v in values])
 
 
 def _as_float(value: Any) -> float:

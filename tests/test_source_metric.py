@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -241,3 +243,34 @@ def test_a_subclass_attribute_named_metric_does_not_break_the_source(unique, sin
         source[source.metric].send(T0 + 2, 3.0)
         source.flush()
         assert wait_until(lambda: sink.points() == 3)
+
+
+@pytest.mark.parametrize("values", [
+    [0, 1, 2, 3],  # ints
+    [0.0, True, 2, 3.0],  # a mix, a bool among them
+    [Decimal(0), Fraction(1), 2, 3.0],  # other real numbers
+], ids=["ints", "mixed", "decimal"])
+def test_send_many_of_a_whole_chunk_converts_values_as_send_does(unique, sink, values):
+    """A send_many() that fills whole chunks is encoded as given: the values come out
+    as the floats send() would have made of them."""
+    metric = f"test.{unique}.whole"
+    sink.subscribe([metric])
+    with mqsync.Source(f"source-{unique}", chunk_size=4) as source:
+        source.send_many(metric, [mqsync.Timestamp(T0 + i) for i in range(4)], values)
+        assert wait_until(lambda: sink.points() == 4)
+    assert sink.chunks == [(metric, [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0])]
+    assert all(type(v) is float for v in sink.chunks[0][2])
+
+
+@pytest.mark.parametrize("bad", ["2", None, b"2", object()])
+def test_send_many_of_a_whole_chunk_with_a_bad_value_sends_nothing(unique, sink, bad):
+    metric = f"test.{unique}.whole_bad"
+    sink.subscribe([metric])
+    with mqsync.Source(f"source-{unique}", chunk_size=4) as source:
+        with pytest.raises(TypeError, match="value must be a real number"):
+            source.send_many(metric, [T0 + i for i in range(4)], [0.0, 1.0, bad, 3.0])
+        assert len(source[metric]) == 0
+        source.send_many(metric, [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0])
+        assert wait_until(lambda: sink.points() == 4)
+        assert source.sent_chunks == 1
+    assert sink.chunks == [(metric, [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0])]
