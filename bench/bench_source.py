@@ -2,6 +2,7 @@
 raw kombu.
 
     python bench/bench_source.py [--quick] [--runs 5] [--url URL] [--profile]
+                                 [--only per_point,floor,chunk1,bulk]
 
 **Per-point send()**, for 1 and 100 metrics and chunk sizes 1, 100 and 1000: the same
 points (point ``i`` of metric ``j``: ``Timestamp(T0 + i ms)``, value ``i*0.5 + j``, sent
@@ -493,23 +494,32 @@ def profile(url: str, quick: bool) -> None:
 # -- entry points -----------------------------------------------------------------------
 
 
-def run(url: str, runs: int, quick: bool) -> list[Result]:
-    """Every figure of this benchmark on a network (a vhost with a manager) at ``url``."""
+SECTIONS = ("per_point", "floor", "chunk1", "bulk")
+
+
+def run(url: str, runs: int, quick: bool, sections: tuple[str, ...] = SECTIONS) -> list[Result]:
+    """The figures of ``sections`` (all by default) on a network (a vhost with a manager)
+    at ``url``."""
     queue = f"bench-source-{uuid.uuid4().hex[:6]}"
+    results: list[Result] = []
     with _common.Broker(url) as broker:
         broker.declare_queue(queue, ["bench.source.#"])
         try:
-            unavailable = _common.official_unavailable()
-            if unavailable:
-                print(f"(the official client is unavailable, no comparison: {unavailable})")
-                official_peer: contextlib.AbstractContextManager = contextlib.nullcontext()
-            else:
-                official_peer = _common.OfficialPeer("official_send.py", "--url", url)
-            with official_peer as official:
-                results = bench_per_point(url, runs, quick, official, broker, queue)
-            results += bench_floor(url, runs, quick)
-            results += bench_chunk1_cpu(url, runs, quick)
-            results += bench_bulk(url, runs, quick, broker, queue)
+            if "per_point" in sections:
+                unavailable = _common.official_unavailable()
+                if unavailable:
+                    print(f"(the official client is unavailable, no comparison: {unavailable})")
+                    official_peer: contextlib.AbstractContextManager = contextlib.nullcontext()
+                else:
+                    official_peer = _common.OfficialPeer("official_send.py", "--url", url)
+                with official_peer as official:
+                    results += bench_per_point(url, runs, quick, official, broker, queue)
+            if "floor" in sections:
+                results += bench_floor(url, runs, quick)
+            if "chunk1" in sections:
+                results += bench_chunk1_cpu(url, runs, quick)
+            if "bulk" in sections:
+                results += bench_bulk(url, runs, quick, broker, queue)
         finally:
             broker.delete(queue)
     return results
@@ -520,14 +530,20 @@ def main(argv: list[str] | None = None) -> int:
     _common.add_common_arguments(parser)
     parser.add_argument("--profile", action="store_true",
                         help="profile the mqsync paths instead of timing them")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
     _common.check_runs(parser, args.runs)
+    sections = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        parser.error(f"--only takes {', '.join(SECTIONS)}; got {args.only!r}")
 
     def measure(url: str) -> Any:
         if args.profile:
             profile(url, args.quick)
             return None
-        return run(url, args.runs, args.quick)
+        return run(url, args.runs, args.quick, sections)
 
     return _common.run_and_report(args, "source summary (ratio > 1: mqsync ahead)", measure)
 
