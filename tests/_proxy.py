@@ -6,6 +6,7 @@ import contextlib
 import selectors
 import socket
 import threading
+import time
 
 
 class FaultProxy:
@@ -13,10 +14,14 @@ class FaultProxy:
     :meth:`refuse` makes new ones fail until :meth:`accept` (a broker outage, seen from the
     client).  One selector thread; :meth:`close` stops and joins it.
 
+    :meth:`trickle` passes what the broker sends in small pieces with pauses between them,
+    so that a client reads frames in parts.
+
     Counters, for a test to assert that its fault really happened: :attr:`connections`
     (client connections forwarded), :attr:`cut_connections` (forwarded connections that
-    :meth:`cut` or :meth:`refuse` dropped) and :attr:`refused` (connections turned away
-    while refusing).  Only the proxy's thread writes them."""
+    :meth:`cut` or :meth:`refuse` dropped), :attr:`refused` (connections turned away
+    while refusing) and :attr:`pauses` (pauses made while trickling).  Only the proxy's
+    thread writes them."""
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672):
         self._target = (target_host, target_port)
@@ -29,10 +34,13 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._refusing = False
         self._cut_requested = False
+        self._upstreams: set[socket.socket] = set()
+        self._trickle: tuple[int, float] | None = None
         self._stop = threading.Event()
         self.connections = 0
         self.cut_connections = 0
         self.refused = 0
+        self.pauses = 0
         self._thread = threading.Thread(target=self._run, name="test-fault-proxy", daemon=True)
         self._thread.start()
 
@@ -57,6 +65,11 @@ class FaultProxy:
     def accept(self) -> None:
         with self._lock:
             self._refusing = False
+
+    def trickle(self, size: int, pause: float) -> None:
+        """From now on, pass the broker's bytes on ``size`` at a time, ``pause`` s apart."""
+        with self._lock:
+            self._trickle = (size, pause)
 
     def close(self) -> None:
         self._stop.set()
@@ -98,6 +111,7 @@ class FaultProxy:
             sock.setblocking(False)
             self._selector.register(sock, selectors.EVENT_READ, None)
         self._peers[client], self._peers[upstream] = upstream, client
+        self._upstreams.add(upstream)
 
     def _pump(self, sock: socket.socket) -> None:
         other = self._peers.get(sock)
@@ -112,9 +126,16 @@ class FaultProxy:
         if not data:
             self._drop(sock)
             return
+        with self._lock:
+            trickle = self._trickle if sock in self._upstreams else None
+        size, pause = trickle if trickle is not None else (len(data), 0.0)
         try:
             other.setblocking(True)
-            other.sendall(data)
+            for start in range(0, len(data), size):
+                if start:
+                    time.sleep(pause)
+                    self.pauses += 1
+                other.sendall(data[start:start + size])
             other.setblocking(False)
         except OSError:
             self._drop(sock)
@@ -126,6 +147,7 @@ class FaultProxy:
             if s is None:
                 continue
             self._peers.pop(s, None)
+            self._upstreams.discard(s)
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(s)
             with contextlib.suppress(OSError):

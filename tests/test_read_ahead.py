@@ -1,0 +1,78 @@
+"""The IO thread's read-ahead: py-amqp reads many frames per recv, frames split anywhere.
+
+A client reads what the broker sends through a proxy that passes it on in small pieces,
+with pauses shorter and longer than the IO loop's read timeout (0.05 s), so that frames
+end up in py-amqp's buffer in parts; every point must still arrive, exactly once, with no
+reconnect.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import mqsync
+from tests._proxy import FaultProxy
+from tests._support import RecordingSink, wait_until
+
+pytestmark = pytest.mark.broker
+
+T0 = 1_700_000_000_000_000_000
+
+
+@pytest.fixture
+def proxy():
+    proxy = FaultProxy()
+    yield proxy
+    proxy.close()
+
+
+def _data_transport(client: mqsync.Client):
+    io = client._io_threads()["data"]
+    return io._connection.connection._transport
+
+
+def test_the_read_ahead_is_installed_on_the_data_connection(manager, unique):
+    with RecordingSink(f"sink-{unique}", manager.url) as sink:
+        sink.subscribe([f"test.{unique}.a"])
+        transport = _data_transport(sink)
+        # the loop installs it when it starts, just after start() returned
+        assert wait_until(lambda: transport._quick_recv != transport.sock.recv)
+
+
+@pytest.mark.parametrize(("size", "pause", "points", "chunk"), [
+    (1_000, 0.0005, 20_000, 100),    # frames in many small parts, quickly
+    (50_000, 0.08, 40_000, 20_000),  # a chunk's frames (320 kB) with waits > 0.05 s between
+], ids=["small-pieces", "long-pauses"])
+def test_frames_read_in_parts_arrive_whole(manager, proxy, unique, size, pause, points, chunk):
+    metric = f"test.{unique}.parts"
+    with RecordingSink(f"sink-{unique}", proxy.url(manager.url)) as sink:
+        sink.subscribe([metric])
+        proxy.trickle(size, pause)
+        with mqsync.Source(f"source-{unique}", manager.url, chunk_size=chunk) as source:
+            source.send_many(metric, [T0 + i for i in range(points)],
+                             [float(i) for i in range(points)])
+            source.flush(timeout=60)
+        assert wait_until(lambda: sink.count(metric) >= points, timeout=90)
+        stats = sink.stats()
+    assert proxy.pauses > 0, "the proxy passed everything at once: no frame was split"
+    assert sorted(sink.points) == [(metric, T0 + i, float(i)) for i in range(points)]
+    assert stats["reconnects"] == 0 and stats.get("malformed_data_messages", 0) == 0
+
+
+def test_a_burst_of_small_messages_is_read_to_its_end(manager, unique):
+    """A drained backlog arrives in bursts: one read takes in many messages, and those
+    left in py-amqp's buffer after the socket ran dry must be read before the loop waits
+    on the socket again.  Without heartbeats no other byte would ever wake it, so a
+    message left behind would stall the drain until its timeout."""
+    metric = f"test.{unique}.burst"
+    count = 3000
+    with mqsync.Subscriber(f"drain-{unique}", manager.url, metrics=[metric],
+                           expires=120) as subscriber:
+        with mqsync.Source(f"source-{unique}", manager.url) as source:  # a chunk per point
+            for i in range(count):
+                source.send(metric, T0 + i, float(i))
+            source.flush(timeout=60)
+    drain = mqsync.Drain(subscriber.token, manager.url, subscriber.queue, [metric],
+                         timeout=15, heartbeat=0)
+    points = [(m, t.posix_ns, v) for m, t, v in drain]
+    assert points == [(metric, T0 + i, float(i)) for i in range(count)]
