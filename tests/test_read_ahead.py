@@ -67,11 +67,11 @@ def test_a_burst_of_small_messages_is_read_to_its_end(manager, unique):
     metric = f"test.{unique}.burst"
     count = 3000
     with mqsync.Subscriber(f"drain-{unique}", manager.url, metrics=[metric],
-                           expires=120) as subscriber:
-        with mqsync.Source(f"source-{unique}", manager.url) as source:  # a chunk per point
-            for i in range(count):
-                source.send(metric, T0 + i, float(i))
-            source.flush(timeout=60)
+                           expires=120) as subscriber, \
+            mqsync.Source(f"source-{unique}", manager.url) as source:  # a chunk per point
+        for i in range(count):
+            source.send(metric, T0 + i, float(i))
+        source.flush(timeout=60)
     drain = mqsync.Drain(subscriber.token, manager.url, subscriber.queue, [metric],
                          timeout=15, heartbeat=0)
     points = [(m, t.posix_ns, v) for m, t, v in drain]
