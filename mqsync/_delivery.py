@@ -253,6 +253,13 @@ class ChunkPublisher:
         io = self.io
         if io is not None and io.blocked:
             return  # the broker's alarm: keep everything until it lifts the block
+        if io is None:
+            self._publish_backlog(channel)
+            return
+        with io.corked():  # the whole backlog in one write (per MB), not one per chunk
+            self._publish_backlog(channel)
+
+    def _publish_backlog(self, channel: Any) -> None:
         backlog = self._backlog
         exchange = self.exchange
         properties = self._properties

@@ -13,6 +13,12 @@ The loop::
     run the handed-over work in order
     run the periodic ticks (flush timers) and the heartbeat check
 
+The thread reads and writes in batches, because with the GIL every system call costs a
+busy sender thread's switch interval (5 ms) before the IO thread may go on: py-amqp reads
+``READ_AHEAD`` bytes per ``recv`` (a burst of deliveries or confirms in one call, not
+three calls per frame), and a publisher writes its backlog inside :meth:`IOThread.corked`
+(one ``sendall`` per ``CORK_BYTES``, not one per message).
+
 On a lost connection, and on any unexpected error in the loop, the thread reconnects
 with exponential backoff and jitter (``RECONNECT_DELAY_MIN`` doubling up to
 ``MAX_RECONNECT_DELAY`` seconds between attempts; a connection that dies again soon after
@@ -55,7 +61,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import kombu
@@ -500,6 +506,45 @@ class IOThread:
 
         return bool(self.call(on_temporary_channel, timeout))
 
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """On the IO thread: send what is published inside in as few system calls as
+        possible (one per ``CORK_BYTES``), as TCP_CORK would.
+
+        py-amqp writes each message with a ``sendall`` of its own, and each releases the
+        GIL: with a busy sender thread, the IO thread then waits a switch interval (5 ms)
+        to continue after every message.  Corked, a batch of messages costs one write.
+        What was written inside is sent when the block ends, also when it raises (the
+        messages are whole), so the broker's delivery tags stay those counted inside.
+        """
+        transport = getattr(getattr(self._connection, "connection", None), "_transport", None)
+        write = getattr(transport, "_write", None)
+        if write is None:  # an in-process transport, or no connection
+            yield
+            return
+        parts: list[bytes] = []
+        size = 0
+
+        def collect(data: Any) -> None:
+            nonlocal size
+            parts.append(bytes(data))  # py-amqp reuses the buffer it passes
+            size += len(data)
+            if size >= CORK_BYTES:
+                write(_taken(parts))  # called inside py-amqp's write(): errors handled
+                size = 0
+
+        own = "_write" in vars(transport)  # sock.sendall set on the instance, or a method
+        transport._write = collect
+        try:
+            yield
+        finally:
+            if own:
+                transport._write = write
+            else:
+                del transport._write
+            if parts:
+                transport.write(_taken(parts))
+
     def add_tick(self, callback: Callable[[], None], interval: float) -> None:
         """Call ``callback()`` on the IO thread about every ``interval`` seconds."""
         self.submit(lambda channel: self._ticks.append(_Tick(callback, interval)))
@@ -662,11 +707,10 @@ class IOThread:
                 return
 
     def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        # One read: a wake-up writes one byte, and only while none is pending, so this
+        # empties the pipe (were anything left, the next select would return at once).
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
 
     def _run_ops(self) -> None:
         with self._lock:
@@ -826,6 +870,15 @@ class _ChannelClosed(Exception):
 
 #: Bytes read from the socket at once: the frames of many messages, or of many confirms.
 READ_AHEAD = 65536
+#: Bytes written at once by :meth:`IOThread.corked`.
+CORK_BYTES = 1 << 20
+
+
+def _taken(parts: list[bytes]) -> bytes:
+    """The parts joined, and the list emptied."""
+    data = b"".join(parts)
+    parts.clear()
+    return data
 
 
 def _read_ahead(transport: Any, sock: Any) -> Callable[[], bool]:
