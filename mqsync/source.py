@@ -333,8 +333,12 @@ class Source(Client):
         """
         # The same lines as SourceMetric.send, inlined: a call less per point.  A
         # Timestamp's slot is read directly: its posix_ns property costs 30 ns more.
-        kind = type(time)
-        time_ns = time._ns if kind is Timestamp else time if kind is int else _as_ns(time)
+        if type(time) is Timestamp:
+            time_ns = time._ns
+        elif type(time) is int:
+            time_ns = time
+        else:
+            time_ns = _as_ns(time)
         # TIME_LIMIT_NS as literals: constants cost less than two global lookups per point
         if not -4611686018427387904 < time_ns < 4611686018427387904:
             raise _time_out_of_range(time_ns)
@@ -504,8 +508,12 @@ class SourceMetric:
 
         The same as :meth:`Source.send` (see there for what is accepted and raised).
         """
-        kind = type(time)
-        time_ns = time._ns if kind is Timestamp else time if kind is int else _as_ns(time)
+        if type(time) is Timestamp:
+            time_ns = time._ns
+        elif type(time) is int:
+            time_ns = time
+        else:
+            time_ns = _as_ns(time)
         if not -4611686018427387904 < time_ns < 4611686018427387904:  # TIME_LIMIT_NS
             raise _time_out_of_range(time_ns)
         if type(value) is not float:

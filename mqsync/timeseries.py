@@ -182,7 +182,9 @@ class Timedelta:
     __match_args__ = ("ns",)
 
     def __init__(self, ns: int) -> None:
-        self._ns = ns if type(ns) is int else _ns_int(ns)
+        if type(ns) is not int:
+            ns = _ns_int(ns)
+        self._ns = ns
 
     @property
     def ns(self) -> int:
@@ -491,7 +493,9 @@ class Timestamp:
     __match_args__ = ("posix_ns",)
 
     def __init__(self, posix_ns: int) -> None:
-        self._ns = posix_ns if type(posix_ns) is int else _ns_int(posix_ns)
+        if type(posix_ns) is not int:
+            posix_ns = _ns_int(posix_ns)
+        self._ns = posix_ns
 
     @property
     def posix_ns(self) -> int:
