@@ -412,14 +412,14 @@ class Source(Client):
                              f"{self._state}")
 
     def _publish(self, handle: SourceMetric, accepted: int, wait: bool = True,
-                 points: tuple[Sequence[int], Sequence[float]] | None = None) -> None:
+                 chunk: tuple[bytes, int] | None = None) -> None:
         """Under the buffer lock: hand the metric's points over as one chunk.
 
         If there is no room (or the source cannot publish), the points after the first
         ``accepted`` (those the caller just added) are taken back and the error raised;
         with ``wait=False`` (the flush timer, on the IO thread) it returns instead.
-        ``points`` (times and values, the buffer being empty) are handed over instead of
-        the buffer's: checked times, and values the encoder checks.
+        ``chunk`` (an encoded payload and its number of points, the buffer being empty)
+        is handed over instead of the buffer's points.
         """
         publisher = self._publisher
         try:
@@ -428,17 +428,14 @@ class Source(Client):
             if not publisher.reserve(self.send_timeout if wait else None):
                 if not wait:
                     return
-                refused = len(points[0]) if points else len(handle._times) - accepted
+                refused = chunk[1] if chunk else len(handle._times) - accepted
                 raise PublishFailed(f"{self.token}: the broker has not confirmed earlier chunks "
                                     f"for {self.send_timeout:g} s; {refused} point(s) of "
                                     f"{handle.name!r} not accepted")
         except BaseException:
             handle._truncate(accepted)
             raise
-        if points is None:
-            publisher.hand(handle.name, *handle._take())
-        else:
-            publisher.hand(handle.name, _encode_checked(*points), len(points[0]))
+        publisher.hand(handle.name, *(chunk or handle._take()))
 
     def _flush_stale(self) -> None:
         """IO thread tick: publish chunks whose first point waited ``flush_interval``."""
@@ -548,6 +545,14 @@ class SourceMetric:
                              f"{len(values)} values; expected one value per time")
         if not count:
             return
+        if count >= self._limit and not self._times:
+            # A chunk of their own (the usual bulk case), encoded outside the lock.
+            payload = _encode_whole(times, values)
+            if payload is not None:
+                with self._lock:
+                    if not self._times:  # (else points came meanwhile: the way below)
+                        self._source._publish(self, 0, chunk=(payload, count))
+                        return
         # A type check per point in C (list.count compares by identity first) for the
         # usual list of ints; anything else is converted and checked point by point.
         times_ns = times if list(map(type, times)).count(int) == count \
@@ -557,11 +562,6 @@ class SourceMetric:
         if not (ordered[0] > -TIME_LIMIT_NS and ordered[-1] < TIME_LIMIT_NS):
             raise _time_out_of_range(ordered[0] if ordered[0] <= -TIME_LIMIT_NS
                                      else ordered[-1])
-        with self._lock:
-            if not self._times and count >= self._limit:
-                # A chunk of their own: encoded as given, the encoder checks the values.
-                self._source._publish(self, 0, points=(times_ns, values))  # type: ignore[arg-type]
-                return
         floats = values if list(map(type, values)).count(float) == count \
             else [_as_float(v) for v in values]
         with self._lock:
@@ -631,13 +631,20 @@ def _as_ns(time: Any) -> int:
                     f"{type(time).__name__} {time!r}")
 
 
-def _encode_checked(times_ns: Sequence[int], values: Sequence[Any]) -> bytes:
-    """Encode checked times with values not checked yet: a value the encoder refuses is
-    converted as send() does, which raises the same error as send() for a bad one."""
+def _encode_whole(times: Sequence[Any], values: Sequence[Any]) -> bytes | None:
+    """Encode points of one metric, checking them on the way: the encoder refuses a time
+    that is not an integer and a value that is not a number.  None if they need the
+    point-by-point checks, which convert what can be converted and say what is wrong.
+    """
     try:
-        return encode_chunk(times_ns, values)
-    except TypeError:
-        return encode_chunk(times_ns, [_as_float(v) for v in values])
+        ordered = sorted(times)
+        # Within the range, and no bool among the times (a bool is an int to sorted()
+        # and to the encoder, but not a time): one would make the smallest time <= 1.
+        if not (ordered[0] > 1 and ordered[-1] < TIME_LIMIT_NS):
+            return None
+        return encode_chunk(times, values)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def _as_float(value: Any) -> float:

@@ -274,3 +274,48 @@ def test_send_many_of_a_whole_chunk_with_a_bad_value_sends_nothing(unique, sink,
         assert wait_until(lambda: sink.points() == 4)
         assert source.sent_chunks == 1
     assert sink.chunks == [(metric, [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0])]
+
+
+@pytest.mark.parametrize(("times", "error", "match"), [
+    ([T0, True, T0 + 2, T0 + 3], TypeError, "time must be a Timestamp or int"),
+    ([T0, 1.7e18, T0 + 2, T0 + 3], TypeError, "time must be a Timestamp or int"),
+    ([T0, None, T0 + 2, T0 + 3], TypeError, "time must be a Timestamp or int"),
+    ([T0, mqsync.Timestamp(T0 + 1), T0 + 2, "x"], TypeError, "time must be a Timestamp"),
+    ([T0, T0 + 1, T0 + 2, 2**62], ValueError, "out of range"),
+    ([-(2**62), T0 + 1, T0 + 2, T0 + 3], ValueError, "out of range"),
+], ids=["bool", "float", "none", "str", "too-late", "too-early"])
+def test_send_many_of_a_whole_chunk_with_a_bad_time_sends_nothing(unique, sink, times, error,
+                                                                  match):
+    metric = f"test.{unique}.whole_bad_time"
+    sink.subscribe([metric])
+    with mqsync.Source(f"source-{unique}", chunk_size=4) as source:
+        with pytest.raises(error, match=match):
+            source.send_many(metric, times, [0.0, 1.0, 2.0, 3.0])
+        assert len(source[metric]) == 0 and source.sent_chunks == 0
+
+
+@pytest.mark.parametrize("times", [
+    [-3, -2, 0, 1],  # before the epoch, and the smallest times: checked point by point
+    [mqsync.Timestamp(T0 + i) for i in range(4)],
+    (T0, T0 + 1, T0 + 2, T0 + 3),  # a tuple
+], ids=["small", "timestamps", "tuple"])
+def test_send_many_of_a_whole_chunk_takes_every_valid_time(unique, sink, times):
+    metric = f"test.{unique}.whole_times"
+    sink.subscribe([metric])
+    with mqsync.Source(f"source-{unique}", chunk_size=4) as source:
+        source.send_many(metric, times, [0.0, 1.0, 2.0, 3.0])
+        assert wait_until(lambda: sink.points() == 4)
+    expected = [t.posix_ns if isinstance(t, mqsync.Timestamp) else t for t in times]
+    assert sink.chunks == [(metric, expected, [0.0, 1.0, 2.0, 3.0])]
+
+
+def test_send_many_does_not_keep_the_callers_lists(unique, sink):
+    metric = f"test.{unique}.reuse"
+    sink.subscribe([metric])
+    times, values = [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0]
+    with mqsync.Source(f"source-{unique}", chunk_size=4) as source:
+        source.send_many(metric, times, values)
+        times[:] = [0, 0, 0, 0]  # the caller reuses its lists at once
+        values[:] = [9.0] * 4
+        assert wait_until(lambda: sink.points() == 4)
+    assert sink.chunks == [(metric, [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0])]
