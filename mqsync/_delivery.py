@@ -85,7 +85,10 @@ class ChunkPublisher:
         self._properties = {"delivery_mode": PERSISTENT if persistent else TRANSIENT}
         self.io: IOThread | None = None
         # Shared, under _cond:
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: were a KeyboardInterrupt to land inside "with self._cond" on the
+        # main thread, leaving it held (CPython cannot rule that out), that thread could
+        # still go on, and each of its waits would let the IO thread in.
+        self._cond = threading.Condition(threading.RLock())
         self._handed: collections.deque[_Chunk] = collections.deque()
         self._pump_posted = False
         self._in_flight = 0  # handed and not yet settled

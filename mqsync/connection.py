@@ -517,7 +517,8 @@ class IOThread:
         What was written inside is sent when the block ends, also when it raises (the
         messages are whole), so the broker's delivery tags stay those counted inside.
         """
-        transport = getattr(getattr(self._connection, "connection", None), "_transport", None)
+        # _connection, not connection: kombu's property would connect again
+        transport = getattr(getattr(self._connection, "_connection", None), "_transport", None)
         write = getattr(transport, "_write", None)
         if write is None:  # an in-process transport, or no connection
             yield

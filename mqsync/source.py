@@ -89,10 +89,14 @@ class Source(Client):
         self.flush_interval = flush_interval
         self.send_timeout = float(send_timeout)
         self.data_exchange = DATA_EXCHANGE
-        self._metrics: dict[str, SourceMetric] = {}
+        self.__handles: dict[str, SourceMetric] = {}
         # Guards every metric's points and _closed; one lock per source, not per metric,
-        # so that stop and flush see all of them at once.
-        self._buffer_lock = threading.Lock()
+        # so that stop and flush see all of them at once.  The per-point paths take it
+        # with acquire() and try/finally, ~80 ns cheaper than "with", which allocates two
+        # bound methods per call.  A KeyboardInterrupt can land between acquire() and the
+        # try, leaving the lock held by the main thread; a re-entrant lock lets that
+        # thread go on sending and stop the source (the usual way out of a Ctrl-C).
+        self._buffer_lock = threading.RLock()
         self._max_pending_chunks = max_pending_chunks
         self._spool_spec = spool
         self.persistent = bool(persistent)
@@ -118,9 +122,12 @@ class Source(Client):
     @chunk_size.setter
     def chunk_size(self, value: int | None) -> None:
         check_chunk_size(value)
+        if not hasattr(self, "_buffer_lock"):  # set by a subclass before __init__()
+            self._chunk_size = value
+            return
         with self._buffer_lock:
             self._chunk_size = value
-            for handle in self._metrics.values():
+            for handle in self.__handles.values():
                 if not handle._sized:
                     handle._resize(value)
 
@@ -134,26 +141,27 @@ class Source(Client):
             ValueError, TypeError: ``name`` is not a valid metric name.
             PublishFailed: the source stopped (or failed) and takes no more points.
         """
-        return self._metric(name)
+        return self.__handle(name)
 
-    def _metric(self, name: str) -> SourceMetric:
+    def __handle(self, name: str) -> SourceMetric:
         # mqsync calls this, never metric(): a subclass may well name an attribute "metric"
-        handle = self._metrics.get(name)
+        # (or "_metric"); the mangled names of this class cannot clash with a subclass's.
+        handle = self.__handles.get(name)
         if handle is not None:
             return handle
         check_metric_name(name)
         with self._buffer_lock:
             if self._closed:
                 raise self._not_accepting(name)
-            handle = self._metrics.get(name)
+            handle = self.__handles.get(name)
             if handle is None:
-                handle = self._metrics[name] = SourceMetric(self, name)
+                handle = self.__handles[name] = SourceMetric(self, name)
             return handle
 
     def __getitem__(self, name: str) -> SourceMetric:
         """``source[name]`` is :meth:`metric`: set ``source[name].chunk_size`` to size one
         metric alone."""
-        return self._metric(name)
+        return self.__handle(name)
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -244,7 +252,7 @@ class Source(Client):
         self._publisher.close(PublishFailed, reason)
         with self._buffer_lock:
             self._closed = True
-            for handle in self._metrics.values():
+            for handle in self.__handles.values():
                 if handle._times:
                     self._publisher.hand(handle.name, *handle._take())
                 # The next point fills it: _publish() then refuses it, so send() needs no
@@ -304,10 +312,10 @@ class Source(Client):
                     raise TypeError(f"metadata of {name!r} must be a dict, got "
                                     f"{type(metadata).__name__}")
                 entry = dict(metadata)
-                entry.setdefault("chunkSize", self._metric(name).chunk_size)
+                entry.setdefault("chunkSize", self.__handle(name).chunk_size)
                 declared[name] = entry
         else:
-            declared = {check_metric_name(name): {"chunkSize": self._metric(name).chunk_size}
+            declared = {check_metric_name(name): {"chunkSize": self.__handle(name).chunk_size}
                         for name in metrics}
         self.rpc("source.declare_metrics", timeout=timeout, metrics=declared)
 
@@ -344,11 +352,10 @@ class Source(Client):
             raise _time_out_of_range(time_ns)
         if type(value) is not float:
             value = _as_float(value)
-        handle = self._metrics.get(metric)
+        handle = self.__handles.get(metric)
         if handle is None:
-            handle = self._metric(metric)
-        # acquire/release rather than "with": ~60 ns less per point
-        lock = self._buffer_lock
+            handle = self.__handle(metric)
+        lock = self._buffer_lock  # acquire/release: see __init__
         lock.acquire()
         try:
             times = handle._times
@@ -367,7 +374,7 @@ class Source(Client):
 
         All or nothing: if it raises, none of the points was accepted.
         """
-        self._metric(metric).send_many(times, values)
+        self.__handle(metric).send_many(times, values)
 
     def flush(self, timeout: float | None = None) -> None:
         """Publish every buffered point now and wait until the broker confirmed them.
@@ -381,7 +388,7 @@ class Source(Client):
         with self._buffer_lock:
             if self._closed:
                 raise self._not_accepting("any metric")
-            for handle in self._metrics.values():
+            for handle in self.__handles.values():
                 if handle._times:
                     self._publish(handle, len(handle._times))
         self._wait_flushed(timeout)
@@ -447,7 +454,7 @@ class Source(Client):
         try:
             if self._closed or self._publisher is None or not self._publisher.has_room():
                 return
-            for handle in self._metrics.values():
+            for handle in self.__handles.values():
                 oldest = handle._oldest
                 if oldest is not None and oldest <= horizon:
                     self._publish(handle, len(handle._times), wait=False)
@@ -516,7 +523,7 @@ class SourceMetric:
         if type(value) is not float:
             value = _as_float(value)
         lock = self._lock
-        lock.acquire()  # rather than "with": ~60 ns less per point
+        lock.acquire()  # rather than "with": see Source.__init__
         try:
             times = self._times
             if not times:
@@ -578,6 +585,8 @@ class SourceMetric:
         everything the source handed over (see :meth:`Source.flush`)."""
         source = self._source
         with self._lock:
+            if source._closed:
+                raise source._not_accepting(self.name)
             if self._times:
                 source._publish(self, len(self._times))
         source._wait_flushed(timeout)
@@ -604,6 +613,10 @@ class SourceMetric:
         self._times = []
         self._values = []
         self._oldest = None
+        if len(times) != len(values):
+            # A KeyboardInterrupt between a send()'s two appends: that send raised, so its
+            # half a point was never accepted.
+            del times[len(values):], values[len(times):]
         return encode_chunk(times, values), len(times)
 
     def __repr__(self) -> str:
@@ -636,6 +649,8 @@ def _encode_whole(times: Sequence[Any], values: Sequence[Any]) -> bytes | None:
     that is not an integer and a value that is not a number.  None if they need the
     point-by-point checks, which convert what can be converted and say what is wrong.
     """
+    if type(times[0]) is not int:  # Timestamps, numpy integers: checked point by point
+        return None
     try:
         ordered = sorted(times)
         # Within the range, and no bool among the times (a bool is an int to sorted()
@@ -643,7 +658,7 @@ def _encode_whole(times: Sequence[Any], values: Sequence[Any]) -> bytes | None:
         if not (ordered[0] > 1 and ordered[-1] < TIME_LIMIT_NS):
             return None
         return encode_chunk(times, values)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever it is, the careful way says it precisely
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from decimal import Decimal
 from fractions import Fraction
 
@@ -225,22 +226,25 @@ def test_points_of_many_threads_on_one_handle_all_arrive(unique, sink):
     assert all(v == float((t - T0) % 4) for _, ts, vs in sink.chunks for t, v in zip(ts, vs))
 
 
-def test_a_subclass_attribute_named_metric_does_not_break_the_source(unique, sink):
-    """Sources commonly keep their metric's name in ``self.metric``: mqsync itself never
-    calls ``self.metric()``, so such a subclass sends, declares and flushes as before."""
+@pytest.mark.parametrize("attribute", ["metric", "_metric", "_metrics", "_handles"])
+def test_a_subclass_attribute_named_like_a_metric_does_not_break_the_source(unique, sink,
+                                                                           attribute):
+    """Sources commonly keep their metric's name in ``self.metric`` or ``self._metric``:
+    mqsync never calls ``self.metric()`` and its own names are mangled, so such a subclass
+    sends, declares and flushes as before."""
     name = f"test.{unique}.named"
 
     class Named(mqsync.Source):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.metric = name
+            setattr(self, attribute, name)
 
     sink.subscribe([name])
     with Named(f"source-{unique}", chunk_size=2) as source:
-        source.declare_metrics([source.metric])
-        source.send(source.metric, T0, 1.0)
-        source.send_many(source.metric, [T0 + 1], [2.0])
-        source[source.metric].send(T0 + 2, 3.0)
+        source.declare_metrics([name])
+        source.send(name, T0, 1.0)
+        source.send_many(name, [T0 + 1], [2.0])
+        source[name].send(T0 + 2, 3.0)
         source.flush()
         assert wait_until(lambda: sink.points() == 3)
 
@@ -319,3 +323,58 @@ def test_send_many_does_not_keep_the_callers_lists(unique, sink):
         values[:] = [9.0] * 4
         assert wait_until(lambda: sink.points() == 4)
     assert sink.chunks == [(metric, [T0 + i for i in range(4)], [0.0, 1.0, 2.0, 3.0])]
+
+
+def test_send_many_of_a_whole_chunk_of_ints_is_encoded_as_given(unique, sink, monkeypatch):
+    """The fast way is taken for a list of int times that fills a chunk."""
+    import mqsync.source as source_module
+
+    taken = []
+    encode_whole = source_module._encode_whole
+    monkeypatch.setattr(source_module, "_encode_whole",
+                        lambda times, values: taken.append(encode_whole(times, values))
+                        or taken[-1])
+    metric = f"test.{unique}.fast"
+    sink.subscribe([metric])
+    with mqsync.Source(f"source-{unique}", chunk_size=4) as source:
+        source.send_many(metric, [T0 + i for i in range(4)], [0, 1.0, True, Decimal(3)])
+        assert wait_until(lambda: sink.points() == 4)
+    assert len(taken) == 1 and taken[0] is not None
+    assert sink.chunks == [(metric, [T0 + i for i in range(4)], [0.0, 1.0, 1.0, 3.0])]
+
+
+def test_flush_of_a_stopped_sources_metric_raises(unique):
+    source = mqsync.Source(f"source-{unique}")
+    source.start()
+    handle = source.metric(f"test.{unique}.a")
+    source.stop()
+    with pytest.raises(mqsync.PublishFailed, match="stopped"):
+        handle.flush()
+
+
+@pytest.mark.parametrize("lock", ["buffer", "publisher"])
+def test_a_lock_left_held_by_an_interrupted_send_does_not_hang_its_thread(unique, sink, lock):
+    """send() takes the buffer lock with acquire() and releases it in a finally; a
+    KeyboardInterrupt landing between the two leaves the lock held by the main thread (as
+    one landing inside threading.Condition.__enter__ does with the publisher's lock).
+    That thread can still send, flush and stop the source (the usual way out of a Ctrl-C).
+    """
+    metric = f"test.{unique}.held"
+    sink.subscribe([metric])
+    source = mqsync.Source(f"source-{unique}", chunk_size=2)
+    source.start()
+    try:
+        # what the interrupted send() leaves behind
+        (source._buffer_lock if lock == "buffer" else source._publisher._cond).acquire()
+        handle = source.metric(metric)
+        handle.send(T0, 1.0)
+        source.send(metric, T0 + 1, 2.0)
+        handle.send_many([T0 + 2, T0 + 3], [3.0, 4.0])
+        handle.send(T0 + 4, 5.0)
+        source.flush(timeout=10)
+    finally:
+        started = time.monotonic()
+        source.stop(timeout=10)
+    assert time.monotonic() - started < 10
+    assert wait_until(lambda: sink.points() == 5)
+    assert [t for _, times, _ in sink.chunks for t in times] == [T0 + i for i in range(5)]
