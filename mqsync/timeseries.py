@@ -139,7 +139,7 @@ def _scaled_ns(value: _Number, ns_per_unit: int, what: str) -> int:
 
 
 def _ns_int(value: object) -> int:
-    """attrs converter: accept an integer count of nanoseconds, reject everything else."""
+    """An integer count of nanoseconds as an ``int``; anything else raises TypeError."""
     if type(value) is int:
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -178,7 +178,7 @@ class Timedelta:
     # Immutable as fractions.Fraction is: the value lives in a private slot behind a
     # read-only property.  A plain slotted class, so that construction from an int costs
     # no more than any slotted object (an attrs frozen class costs twice as much).
-    __slots__ = ("_ns",)
+    __slots__ = ("_ns", "__weakref__")
     __match_args__ = ("ns",)
 
     def __init__(self, ns: int) -> None:
@@ -192,7 +192,11 @@ class Timedelta:
         return self._ns
 
     def __reduce__(self) -> tuple[type[Timedelta], tuple[int]]:
-        return type(self), (self.ns,)
+        return type(self), (self._ns,)
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        # pickles made while Timedelta was an attrs class: {"ns": ...}
+        self.__init__(state["ns"])  # type: ignore[misc]
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -489,7 +493,7 @@ class Timestamp:
     """
 
     # Immutable as Timedelta is (a private slot behind a read-only property).
-    __slots__ = ("_ns",)
+    __slots__ = ("_ns", "__weakref__")
     __match_args__ = ("posix_ns",)
 
     def __init__(self, posix_ns: int) -> None:
@@ -503,7 +507,11 @@ class Timestamp:
         return self._ns
 
     def __reduce__(self) -> tuple[type[Timestamp], tuple[int]]:
-        return type(self), (self.posix_ns,)
+        return type(self), (self._ns,)
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        # pickles made while Timestamp was an attrs class: {"posix_ns": ...}
+        self.__init__(state["posix_ns"])  # type: ignore[misc]
 
     # -- constructors ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import copy
 import datetime
 import math
 import pickle
+import weakref
 from decimal import Decimal
 from fractions import Fraction
 
@@ -873,3 +874,21 @@ def test_time_aggregate_validates():
         TimeAggregate(**{**args, "count": 1.0}, active_time=Timedelta(0))
     with pytest.raises(TypeError):
         TimeAggregate(**{**args, "timestamp": 0}, active_time=Timedelta(0))
+
+
+# Made by the attrs-based Timestamp and Timedelta of earlier mqsync versions (protocol 2).
+OLD_TIMESTAMP_PICKLE = (b"\x80\x02cmqsync.timeseries\nTimestamp\nq\x00)\x81q\x01}q\x02X\x08\x00"
+                        b"\x00\x00posix_nsq\x03\x8a\x08\x15\xffs\xae=KV\x16sb.")
+OLD_TIMEDELTA_PICKLE = (b"\x80\x02cmqsync.timeseries\nTimedelta\nq\x00)\x81q\x01}q\x02X\x02\x00"
+                        b"\x00\x00nsq\x03J$\xfa\xff\xffsb.")
+
+
+def test_pickles_of_earlier_versions_still_load():
+    assert pickle.loads(OLD_TIMESTAMP_PICKLE) == Timestamp(1_609_556_645_123_456_789)
+    assert pickle.loads(OLD_TIMEDELTA_PICKLE) == Timedelta(-1500)
+
+
+@pytest.mark.parametrize("made", [Timestamp(5), Timedelta(5)], ids=["Timestamp", "Timedelta"])
+def test_time_values_can_be_weakly_referenced(made):
+    reference = weakref.ref(made)
+    assert reference() is made
