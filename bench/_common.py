@@ -383,6 +383,16 @@ def official_unavailable() -> str | None:
     return None
 
 
+def official_peer(script: str, url: str) -> contextlib.AbstractContextManager:
+    """An :class:`OfficialPeer` running ``script``, or (saying why) ``None`` in a
+    ``with`` when the official client is unavailable."""
+    unavailable = official_unavailable()
+    if unavailable:
+        print(f"(the official client is unavailable, no comparison: {unavailable})")
+        return contextlib.nullcontext()
+    return OfficialPeer(script, "--url", url)
+
+
 class OfficialPeer:
     """A script of ``bench/official_peers`` running in the interop venv, driven by commands.
 

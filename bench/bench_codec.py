@@ -1,4 +1,4 @@
-"""Benchmark the DataChunk codec and the ChunkBuffer: points per second, and vs a bare loop.
+"""Benchmark the DataChunk codec: points per second, and vs a bare loop.
 
     python bench/bench_codec.py [--points N] [--repeat R] [--chunk-sizes 1,100,1000]
 
@@ -6,7 +6,9 @@ For every chunk size it measures, over ``--points`` points cut into chunks of th
 
 - encode:  ``encode_chunk(times, values)`` per chunk (absolute times in, payload out)
 - decode:  ``decode_chunk(payload)`` per chunk (absolute times and values out)
-- buffer:  ``ChunkBuffer.append`` per point and ``take()`` when full (a Source's hot path)
+- buffer:  two list appends per point and ``encode_chunk`` when a chunk is full (what a
+  ``SourceMetric`` does per point, without its checks and its lock; ``bench_source.py
+  --only floor`` measures the whole ``send()``)
 
 and prints the median of ``--repeat`` runs in points/s, and as a ratio to a baseline measured in
 the same run: a bare Python loop that only appends the same (delta, value) pairs to two lists.
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from google.protobuf import __version__ as protobuf_version  # noqa: E402
 from google.protobuf.internal import api_implementation  # noqa: E402
 
-from mqsync.chunk import ChunkBuffer, decode_chunk, encode_chunk  # noqa: E402
+from mqsync.chunk import decode_chunk, encode_chunk  # noqa: E402
 
 T0 = 1_700_000_000_000_000_000
 
@@ -97,12 +99,16 @@ def bench(points: int, repeat: int, chunk_sizes: list[int]) -> None:
                 decode_chunk(payload)
 
         def buffer(size=size) -> None:
-            chunk_buffer = ChunkBuffer(size)
-            append = chunk_buffer.append
+            buffered_times: list[int] = []
+            buffered_values: list[float] = []
             for time_ns, value in zip(times, values):
-                if append(time_ns, value):
-                    chunk_buffer.take()
-            chunk_buffer.take()
+                buffered_times.append(time_ns)
+                buffered_values.append(value)
+                if len(buffered_times) >= size:
+                    encode_chunk(buffered_times, buffered_values)
+                    buffered_times, buffered_values = [], []
+            if buffered_times:
+                encode_chunk(buffered_times, buffered_values)
 
         for name, run in (("encode", encode), ("decode", decode), ("buffer", buffer)):
             seconds = median_seconds(run, repeat)

@@ -280,13 +280,7 @@ def run(url: str, runs: int, quick: bool) -> list[Result]:
     with mqsync.Client(f"sink-bench-{uuid.uuid4().hex[:6]}", url) as rpc, \
             _common.Broker(url) as broker:
         backlog = Backlog(url, rpc, broker)
-        unavailable = _common.official_unavailable()
-        if unavailable:
-            print(f"(the official client is unavailable, no comparison: {unavailable})")
-            official_peer: contextlib.AbstractContextManager = contextlib.nullcontext()
-        else:
-            official_peer = _common.OfficialPeer("official_sink.py", "--url", url)
-        with official_peer as official:
+        with _common.official_peer("official_sink.py", url) as official:
             results = bench_per_point(url, runs, quick, backlog, official)
         results += bench_bulk(url, runs, quick, backlog, rpc)
     return results

@@ -212,8 +212,9 @@ def _per_point_case(url: str, runs: int, config: Config, official: _common.Offic
                target_ratio=3.0 if at_1000 else None,
                note="send loop + flush; mqsync confirmed, official flush not confirmed"
                if config.chunk_size == 1 and config.metric_count == 1 else ""),
-        Result(f"send() {config.label}", rate["mqsync"], "points/s", "bare loop", rate["bare"],
-               target_ratio=0.4 if at_1000 else None),
+        # The per-point target is the floor section's (a bare loop with a lock and a cut,
+        # send only); this bare loop only appends, and mqsync's figure includes the flush.
+        Result(f"send() {config.label}", rate["mqsync"], "points/s", "bare loop", rate["bare"]),
     ]
     if at_1000:
         results.append(Result(f"send() loop only {config.label}", rate["loop"], "points/s",
@@ -506,13 +507,7 @@ def run(url: str, runs: int, quick: bool, sections: tuple[str, ...] = SECTIONS) 
         broker.declare_queue(queue, ["bench.source.#"])
         try:
             if "per_point" in sections:
-                unavailable = _common.official_unavailable()
-                if unavailable:
-                    print(f"(the official client is unavailable, no comparison: {unavailable})")
-                    official_peer: contextlib.AbstractContextManager = contextlib.nullcontext()
-                else:
-                    official_peer = _common.OfficialPeer("official_send.py", "--url", url)
-                with official_peer as official:
+                with _common.official_peer("official_send.py", url) as official:
                     results += bench_per_point(url, runs, quick, official, broker, queue)
             if "floor" in sections:
                 results += bench_floor(url, runs, quick)
