@@ -634,7 +634,7 @@ def _time_out_of_range(time_ns: int) -> ValueError:
 
 
 def _as_ns(time: Any) -> int:
-    if type(time) is Timestamp:
+    if isinstance(time, Timestamp):  # a subclass (the exact type took the fast way)
         return time.posix_ns
     if not isinstance(time, bool):
         try:

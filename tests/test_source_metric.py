@@ -378,3 +378,18 @@ def test_a_lock_left_held_by_an_interrupted_send_does_not_hang_its_thread(unique
     assert time.monotonic() - started < 10
     assert wait_until(lambda: sink.points() == 5)
     assert [t for _, times, _ in sink.chunks for t in times] == [T0 + i for i in range(5)]
+
+
+class LabTimestamp(mqsync.Timestamp):
+    """An application's own Timestamp subclass."""
+
+
+def test_a_timestamp_subclass_is_a_time(unique, sink):
+    metric = f"test.{unique}.subclass"
+    sink.subscribe([metric])
+    with mqsync.Source(f"source-{unique}", chunk_size=3) as source:
+        source.send(metric, LabTimestamp(T0), 0.0)
+        source.metric(metric).send(LabTimestamp(T0 + 1), 1.0)
+        source.send_many(metric, [LabTimestamp(T0 + 2)], [2.0])
+        assert wait_until(lambda: sink.points() == 3)
+    assert sink.chunks == [(metric, [T0, T0 + 1, T0 + 2], [0.0, 1.0, 2.0])]
