@@ -1,14 +1,26 @@
 """Packaging for mqsync: one distribution, the SDK and its built-in source plugins."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+
+def read_version() -> str:
+    """``__version__`` from mqsync/_version.py, read without importing mqsync (whose
+    dependencies may not be installed yet)."""
+    text = (HERE / "mqsync" / "_version.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError('mqsync/_version.py has no line __version__ = "..."')
+    return match.group(1)
+
+
 setup(
     name="mqsync",
-    version="0.1.0",
+    version=read_version(),
     description="A synchronous, thread-based Python SDK for MetricQ networks",
     long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
