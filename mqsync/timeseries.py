@@ -6,6 +6,10 @@ hashed, compared and shared between threads.  Every conversion from text or from
 exact: ``Timedelta.from_string("1.5ms").ns == 1_500_000``; a float is taken at its exact binary
 value and rounded to the nearest nanosecond (half to even).  Input that would need
 sub-nanosecond precision in a *string* is rejected with :class:`ValueError`.
+
+Every duration argument of mqsync's API is read by :meth:`Timedelta.coerce`: a
+``Timedelta``, a ``datetime.timedelta``, a string with a unit (``"10s"``) or a number of
+**seconds**.  Time arguments are not durations: an ``int`` time is POSIX nanoseconds.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Iterator, Union, overload
 
 import attrs
 
-__all__ = ["TimeAggregate", "TimeValue", "Timedelta", "Timestamp"]
+__all__ = ["DurationLike", "TimeAggregate", "TimeValue", "Timedelta", "Timestamp"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,10 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 _Number = Union[int, float, Decimal, Fraction]
 
+#: What :meth:`Timedelta.coerce` accepts for a duration argument: a Timedelta, a
+#: datetime.timedelta, a string with a unit (``"10s"``) or a number of seconds.
+DurationLike = Union["Timedelta", datetime.timedelta, str, int, float, Decimal, Fraction]
+
 
 def _shorten(text: str, limit: int = 40) -> str:
     """``repr`` of *text*, cut short so an error message stays readable."""
@@ -111,6 +119,15 @@ def _describe(value: object) -> str:
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def _given(value: object) -> str:
+    """A duration argument as the caller wrote it, for error messages."""
+    if isinstance(value, str):
+        return _shorten(value)
+    if isinstance(value, (Timedelta, datetime.timedelta)):
+        return repr(value)
+    return f"{value!r} s"
 
 
 def _is_number(value: object) -> bool:
@@ -276,30 +293,71 @@ class Timedelta:
 
     @classmethod
     def coerce(
-        cls, value: Timedelta | datetime.timedelta | _Number | str, *, name: str = "duration"
+        cls,
+        value: DurationLike,
+        *,
+        name: str = "duration",
+        positive: bool = False,
+        negative: bool = True,
     ) -> Timedelta:
-        """Turn any accepted duration argument into a :class:`Timedelta`.
+        """Turn a duration argument into a :class:`Timedelta`: the one rule of mqsync's API.
 
-        Accepts a :class:`Timedelta` (returned as is), a :class:`datetime.timedelta`, an
-        ``int``/``float`` number of **seconds**, or a duration string (see
-        :meth:`from_string`).  *name* (e.g. ``"period"``) is used in error messages.
+        Every public duration argument (a ``period``, ``expires``, ``interval_max``, a
+        plugin's ``period``, a command's duration option, :meth:`Timestamp.from_now` ...)
+        goes through this function and accepts:
+
+        - a :class:`Timedelta` (returned as is) or a :class:`datetime.timedelta`;
+        - a string with a unit, as :meth:`from_string` reads it: ``"10s"``, ``"100ms"``,
+          ``"1.5 min"``, ``"2h"`` (a string without a unit is seconds: ``"60"``);
+        - a number (``int``, ``float``, ``Decimal``, ``Fraction``) of **seconds**: ``5`` is
+          five seconds, ``0.25`` a quarter of a second (rounded to the nearest ns).
+
+        An ``int`` is a number of nanoseconds only where the name says so (``Timedelta(ns)``,
+        ``Timedelta.from_ns``, parameters named ``..._ns``).  A *time* is not a duration:
+        ``send(time=...)``, ``start_time`` and the other time arguments take an ``int`` as
+        POSIX **nanoseconds**, as the wire format and the official client do, and
+        :meth:`Timestamp.from_posix_seconds` for seconds.
+
+        Args:
+            value: the argument as given.
+            name: the argument's name, for error messages (``"period"``).
+            positive: refuse zero and negative durations (also a positive number of
+                seconds that rounds to 0 ns).
+            negative: ``False`` refuses negative durations, zero stays allowed.
 
         Raises:
-            TypeError: for any other type (``bool`` and ``None`` included).
-            ValueError: for a malformed string or a non-finite number.
+            TypeError: *value* is none of the above (``bool`` and ``None`` included).
+            ValueError: a malformed string (see :meth:`from_string`), a NaN or infinite
+                number, or a duration of a sign the caller refuses.
         """
         if isinstance(value, Timedelta):
-            return value
-        if isinstance(value, datetime.timedelta):
-            return cls(_timedelta_ns(value))
-        if isinstance(value, str):
-            return cls._parse(value, name)
-        if not _is_number(value):
+            duration = value
+        elif isinstance(value, datetime.timedelta):
+            duration = cls(_timedelta_ns(value))
+        elif isinstance(value, str):
+            duration = cls._parse(value, name)
+        elif _is_number(value):
+            try:
+                duration = cls(_scaled_ns(value, _NS_PER_S, name))
+            except ValueError:  # _exact refuses NaN and infinities
+                raise ValueError(
+                    f"{name} must be a finite number of seconds, got {value!r}"
+                ) from None
+        else:
             raise TypeError(
-                f"{name} must be a Timedelta, a number of seconds, a datetime.timedelta or a "
-                f"duration string like '10s', got {_describe(value)}"
+                f"{name} must be a Timedelta, a datetime.timedelta, a string with a unit such "
+                f"as '10s', or a number of seconds; got {_describe(value)}"
             )
-        return cls(_scaled_ns(value, _NS_PER_S, f"{name} in seconds"))
+        ns = duration.ns
+        if positive and ns <= 0:
+            if ns == 0 and _is_number(value) and value > 0:
+                raise ValueError(
+                    f"{name} must be at least 1 ns, got {value!r} s (rounds to 0 ns)"
+                )
+            raise ValueError(f"{name} must be positive, got {_given(value)}")
+        if not negative and ns < 0:
+            raise ValueError(f"{name} must not be negative, got {_given(value)}")
+        return duration
 
     # -- views ----------------------------------------------------------------------------
 
@@ -623,12 +681,12 @@ class Timestamp:
         return cls(_timedelta_ns(local - _EPOCH_NAIVE) + fraction_ns - offset_ns)
 
     @classmethod
-    def from_now(cls, delta: Timedelta | datetime.timedelta | _Number | str) -> Timestamp:
+    def from_now(cls, delta: DurationLike) -> Timestamp:
         """The time *delta* from now (anything :meth:`Timedelta.coerce` accepts)."""
         return cls.now() + Timedelta.coerce(delta)
 
     @classmethod
-    def ago(cls, delta: Timedelta | datetime.timedelta | _Number | str) -> Timestamp:
+    def ago(cls, delta: DurationLike) -> Timestamp:
         """The time *delta* before now (anything :meth:`Timedelta.coerce` accepts)."""
         return cls.now() - Timedelta.coerce(delta)
 

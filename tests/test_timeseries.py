@@ -282,18 +282,18 @@ def test_coerce_rejects_other_types(value):
         Timedelta.coerce(value)
     message = str(info.value)
     assert message.startswith(
-        "duration must be a Timedelta, a number of seconds, a datetime.timedelta or a "
-        "duration string like '10s', got "
+        "duration must be a Timedelta, a datetime.timedelta, a string with a unit such as "
+        "'10s', or a number of seconds; got "
     )
     assert type(value).__name__ in message
 
 
 def test_coerce_names_the_argument():
-    with pytest.raises(TypeError, match=r"^period must be a Timedelta, .* got NoneType None$"):
+    with pytest.raises(TypeError, match=r"^period must be a Timedelta, .*; got NoneType None$"):
         Timedelta.coerce(None, name="period")
     with pytest.raises(ValueError, match=rf"^invalid timeout '5 sec': {UNIT_ERROR}$"):
         Timedelta.coerce("5 sec", name="timeout")
-    with pytest.raises(ValueError, match=r"^expires in seconds must be finite, got nan$"):
+    with pytest.raises(ValueError, match=r"^expires must be a finite number of seconds, got nan$"):
         Timedelta.coerce(math.nan, name="expires")
 
 
