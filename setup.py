@@ -25,11 +25,14 @@ setup(
     long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="BSD-3-Clause",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["mqsync", "mqsync.*"])
     + ["mqsync_plugins" + name[len("plugins"):]
        for name in find_packages(include=["plugins", "plugins.*"])],
     package_dir={"mqsync_plugins": "plugins"},
+    # PEP 561: the annotations are part of the API
+    package_data={"mqsync": ["py.typed"]},
     install_requires=[
         "kombu>=5.3",
         "pluggy>=1.0",
