@@ -7,7 +7,7 @@ from typing import Any
 
 from .scheduler import Clock, Scheduler, SchedulerStats, TooManyFailures
 from .source import Source
-from .timeseries import Timedelta
+from .timeseries import DurationLike, Timedelta
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +23,13 @@ class IntervalSource(Source):
     stops with :class:`~mqsync.scheduler.TooManyFailures`.
 
     Args:
-        period: seconds, a :class:`~mqsync.Timedelta` or a duration string; ``None``
-            waits until one is set (typically from the ``config`` RPC handler).
+        period: a duration as :meth:`~mqsync.Timedelta.coerce` takes it: a ``Timedelta``,
+            a ``datetime.timedelta``, a string with a unit (``"10s"``) or a number of
+            seconds (``period=5`` is five seconds); ``None`` waits until one is set
+            (typically from the ``config`` RPC handler).
         align: put the grid on wall-clock multiples of the period (plus ``offset``), so
             many hosts sample at the same instants.
-        offset: shift of the aligned grid.
+        offset: shift of the aligned grid, a duration as ``period`` (may be negative).
         max_consecutive_failures: give up after this many failed updates in a row.
         clock: the scheduler's clock (tests inject a fake one).
         schedule: run updates on the schedule; ``False`` leaves calling :meth:`update`
@@ -45,25 +47,26 @@ class IntervalSource(Source):
                 self.send("example.dummy", mqsync.Timestamp.now(), random.random())
     """
 
-    def __init__(self, token: str, url: str | None = None, period: Any = None, *,
-                 align: bool = False, offset: Any = 0,
+    def __init__(self, token: str, url: str | None = None, period: DurationLike | None = None,
+                 *, align: bool = False, offset: DurationLike = 0,
                  max_consecutive_failures: int | None = None, clock: Clock | None = None,
                  schedule: bool = True, **kwargs: Any):
         super().__init__(token, url, **kwargs)
         self._schedule = schedule
         self._scheduler = Scheduler(
-            _period(period), align=align, offset=_period(offset) or 0,
+            period, align=align, offset=offset,
             max_consecutive_failures=max_consecutive_failures, clock=clock, name=self.token)
 
     @property
     def period(self) -> Timedelta | None:
-        """Time between updates; set it any time, from any thread (``None`` pauses)."""
+        """Time between updates; set it any time, from any thread, to any duration the
+        constructor takes (``None`` pauses)."""
         period_ns = self._scheduler.period_ns
         return None if period_ns is None else Timedelta(period_ns)
 
     @period.setter
-    def period(self, value: Any) -> None:
-        self._scheduler.period = _period(value)
+    def period(self, value: DurationLike | None) -> None:
+        self._scheduler.period = value
 
     def update(self) -> None:
         """Override: measure and :meth:`send`; called once per period."""
@@ -86,11 +89,3 @@ class IntervalSource(Source):
         self._scheduler.stop()
         super()._on_stop(timeout)
 
-
-def _period(value: Any) -> Any:
-    """Seconds, Timedelta, duration string or None -> what the scheduler takes."""
-    if value is None or isinstance(value, Timedelta):
-        return value
-    if isinstance(value, str):
-        return Timedelta.from_string(value)
-    return value

@@ -20,16 +20,15 @@ Timing notes, measured with CPython on Linux (see ``bench/bench_interval.py``):
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import attrs
 
 from .errors import MqsyncError
+from .timeseries import DurationLike, Timedelta
 
 __all__ = [
     "Clock",
@@ -105,32 +104,8 @@ class SchedulerStats:
     period_ns: int | None
 
 
-def duration_ns(value: Any, what: str, *, positive: bool = True) -> int:
-    """Convert seconds (int, float, Fraction) or an object with an integer ``.ns`` to int ns.
-
-    ``what`` names the value in error messages. Raises TypeError for other types and
-    ValueError for values that are not finite, or not positive when ``positive`` is set.
-    """
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of seconds or a Timedelta, got {value!r}")
-    if isinstance(value, numbers.Real):
-        if not math.isfinite(value):
-            raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
-        if positive and value <= 0:
-            raise ValueError(f"{what} must be positive, got {value!r}")
-        ns = round(value * NS_PER_S)
-        if positive and ns == 0:
-            raise ValueError(f"{what} must be at least 1 ns, got {value!r} s")
-        return ns
-    ns = getattr(value, "ns", None)
-    if not isinstance(ns, int) or isinstance(ns, bool):
-        raise TypeError(
-            f"{what} must be a number of seconds or an object with an integer .ns "
-            f"(such as Timedelta), got {value!r} ({type(value).__name__})"
-        )
-    if positive and ns <= 0:
-        raise ValueError(f"{what} must be positive, got {ns} ns")
-    return ns
+def _period_ns(period: DurationLike) -> int:
+    return Timedelta.coerce(period, name="period", positive=True).ns
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -144,14 +119,15 @@ def _ms(ns: int) -> str:
 class Scheduler:
     """Call ``update()`` on the grid ``t0 + k·period`` of the monotonic clock until stopped.
 
-    :param period: seconds (int, float) or an object with an integer ``.ns`` (``Timedelta``);
-        None to wait until :attr:`period` is set.
+    :param period: a duration as :meth:`Timedelta.coerce <mqsync.Timedelta.coerce>` takes it
+        (a ``Timedelta``, a ``datetime.timedelta``, ``"10s"``, or a number of seconds), at
+        least 1 ns; None to wait until :attr:`period` is set.
     :param align: start the grid at a wall-clock multiple of the period plus ``offset``
         (like Telegraf's ``round_interval``), so many hosts sample at the same instants. The
         wall clock is read only when the grid is (re)anchored: at the first slot and on a
         period change. Without ``align`` the first update runs at once.
-    :param offset: shift of the aligned grid, seconds or ``.ns``; may be negative; only with
-        ``align``.
+    :param offset: shift of the aligned grid, a duration as ``period``; may be negative; only
+        with ``align``.
     :param max_consecutive_failures: after this many ``update()`` failures in a row,
         :meth:`run` raises :class:`TooManyFailures`; None never gives up.
     :param clock: a :class:`Clock`; :class:`SystemClock` by default.
@@ -167,16 +143,16 @@ class Scheduler:
 
     def __init__(
         self,
-        period: Any = None,
+        period: DurationLike | None = None,
         *,
         align: bool = False,
-        offset: Any = 0,
+        offset: DurationLike = 0,
         max_consecutive_failures: int | None = None,
         clock: Clock | None = None,
         name: str = "",
         history_size: int = 1024,
     ):
-        offset_ns = duration_ns(offset, "offset", positive=False)
+        offset_ns = Timedelta.coerce(offset, name="offset").ns
         if offset_ns and not align:
             raise ValueError(f"offset needs align=True, got offset={offset!r} with align=False")
         if max_consecutive_failures is not None and (
@@ -190,7 +166,7 @@ class Scheduler:
             )
         if not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"history_size must be an int >= 0, got {history_size!r}")
-        self._period_ns: int | None = None if period is None else duration_ns(period, "period")
+        self._period_ns: int | None = None if period is None else _period_ns(period)
         self._align = bool(align)
         self._offset_ns = offset_ns
         self._max_failures = max_consecutive_failures
@@ -227,8 +203,8 @@ class Scheduler:
     def period(self) -> float | None:
         """The period in seconds, None while unset.
 
-        Set it from any thread, also while :meth:`run` waits, to seconds or an object with an
-        integer ``.ns``; the next slot then lies on a grid with the new period: anchored at
+        Set it from any thread, also while :meth:`run` waits, to any duration the constructor
+        takes; the next slot then lies on a grid with the new period: anchored at
         the last slot that ran (the next one at or after now), or re-aligned to the wall clock
         with ``align``. Setting None pauses the schedule until a period is set again.
         Setting the current value changes nothing.
@@ -237,8 +213,8 @@ class Scheduler:
         return None if ns is None else ns / NS_PER_S
 
     @period.setter
-    def period(self, value: Any) -> None:
-        ns = None if value is None else duration_ns(value, "period")
+    def period(self, value: DurationLike | None) -> None:
+        ns = None if value is None else _period_ns(value)
         with self._lock:
             old = self._period_ns
             if ns == old:

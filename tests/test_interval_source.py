@@ -179,7 +179,7 @@ def test_stop_interrupts_a_long_sleep(unique):
 
 
 def test_invalid_periods_are_refused():
-    with pytest.raises(ValueError, match="invalid duration '10S'"):
+    with pytest.raises(ValueError, match="invalid period '10S'"):
         DummySource("s", period="10S")
     with pytest.raises(ValueError, match="period"):
         DummySource("s", period=-1)
