@@ -30,7 +30,7 @@ from .client import HISTORY_EXCHANGE, Client, check_metric_name, derive_address
 from .connection import IOThread
 from .errors import ClientStopped, InvalidMessage, MqsyncError, RPCTimeout
 from .rpc import PendingCalls
-from .timeseries import TimeAggregate, Timedelta, Timestamp, TimeValue
+from .timeseries import DurationLike, TimeAggregate, Timedelta, Timestamp, TimeValue
 
 logger = logging.getLogger(__name__)
 
@@ -90,22 +90,16 @@ def _time_ns(value: Timestamp | int | datetime.datetime | None, name: str) -> in
                     f"got {type(value).__name__} {value!r}")
 
 
-def _duration_ns(value: Timedelta | datetime.timedelta | str | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise TypeError(f"{name} must be a Timedelta, a datetime.timedelta or a duration string "
-                        f"like '1min', got the bare number {value!r} (use Timedelta({value}) "
-                        "for nanoseconds)")
-    return Timedelta.coerce(value, name=name).ns
-
-
 def encode_history_request(start_time: Timestamp | int | None = None,
                            end_time: Timestamp | int | None = None,
-                           interval_max: Timedelta | datetime.timedelta | str | None = None,
+                           interval_max: DurationLike | None = None,
                            request_type: HistoryRequestType = HistoryRequestType.AGGREGATE_TIMELINE
                            ) -> bytes:
     """Serialize a ``HistoryRequest``; arguments left at None stay unset (0 on the wire).
+
+    Times are Timestamps, aware datetimes or int ns since the epoch; ``interval_max`` is a
+    duration as :meth:`Timedelta.coerce` takes it (``"1min"``, or a number of seconds), not
+    negative.
 
     Raises:
         TypeError, ValueError: an argument has the wrong type or value.
@@ -113,7 +107,8 @@ def encode_history_request(start_time: Timestamp | int | None = None,
     request = HistoryRequest()
     start = _time_ns(start_time, "start_time")
     end = _time_ns(end_time, "end_time")
-    interval = _duration_ns(interval_max, "interval_max")
+    interval = (None if interval_max is None
+                else Timedelta.coerce(interval_max, name="interval_max", negative=False).ns)
     if start is not None:
         request.start_time = start
     if end is not None:
@@ -121,8 +116,6 @@ def encode_history_request(start_time: Timestamp | int | None = None,
     if start is not None and end is not None and start > end:
         raise ValueError(f"start_time {start} ns is after end_time {end} ns")
     if interval is not None:
-        if interval < 0:
-            raise ValueError(f"interval_max must not be negative, got {interval} ns")
         request.interval_max = interval
     request.type = HistoryRequestType(request_type).value
     return request.SerializeToString()
@@ -337,14 +330,15 @@ class HistoryClient(Client):
         metric: str,
         start_time: Timestamp | int | None = None,
         end_time: Timestamp | int | None = None,
-        interval_max: Timedelta | datetime.timedelta | str | None = None,
+        interval_max: DurationLike | None = None,
         request_type: HistoryRequestType = HistoryRequestType.AGGREGATE_TIMELINE,
         timeout: float = 60.0,
     ) -> HistoryResponse:
         """Send one history request for ``metric`` and return the checked response.
 
         Times are Timestamps (or int ns since the epoch); None leaves them unset, which
-        databases take as "unbounded".
+        databases take as "unbounded".  ``interval_max`` is a duration: a Timedelta, a
+        ``datetime.timedelta``, a string with a unit (``"1min"``) or a number of seconds.
 
         Raises:
             ValueError, TypeError: a bad metric name or argument.
@@ -409,7 +403,7 @@ class HistoryClient(Client):
             raise InvalidHistoryResponse("AGGREGATE response contains no aggregate") from None
 
     def history_aggregate_timeline(self, metric: str, *,
-                                   interval_max: Timedelta | datetime.timedelta | str,
+                                   interval_max: DurationLike,
                                    start_time: Timestamp | int | None = None,
                                    end_time: Timestamp | int | None = None,
                                    timeout: float = 60.0) -> list[TimeAggregate]:

@@ -88,8 +88,10 @@ def test_request_encoding_leaves_none_unset_and_checks_arguments():
     assert HistoryRequest.FromString(encode_history_request(
         interval_max="1min")).interval_max == 60 * S
     assert [t.value for t in HistoryRequestType] == [0, 1, 2, 3]
-    with pytest.raises(TypeError, match="bare number 5"):
-        encode_history_request(interval_max=5)
+    assert HistoryRequest.FromString(encode_history_request(
+        interval_max=5)).interval_max == 5 * S  # a number is seconds
+    with pytest.raises(TypeError, match="interval_max must be a Timedelta"):
+        encode_history_request(interval_max=True)
     with pytest.raises(TypeError, match="start_time must be a Timestamp"):
         encode_history_request(start_time=1.5)
     with pytest.raises(ValueError, match="after end_time"):
