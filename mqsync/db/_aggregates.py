@@ -6,7 +6,7 @@ IEEE 754 throughout: sums and integrals are plain float additions (NaN propagate
 -inf is NaN); :func:`_fmin` and :func:`_fmax` ignore NaN unless both sides are NaN; nothing
 is ever subtracted from a sum (inf - inf would be NaN): the integral of a run of points leaves
 out its first point, whose interval is cut and added last.  Values read from SQLite pass
-:func:`_nan_if_none` (a NULL value is a NaN) and sums :func:`_sum_of`."""
+:func:`nan_if_none` (a NULL value is a NaN) and sums :func:`sum_of`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class AggregateRow(NamedTuple):
     minimum: float
     maximum: float
     sum: float
-    count: int
+    # a field may shadow tuple.count (namedtuple allows it); mypy's NamedTuple check does not
+    count: int  # type: ignore[assignment]
     integral: float
     """Value x nanoseconds."""
     active_time: int
@@ -61,12 +62,12 @@ def _held(value: float, duration: int) -> float:
     return value * duration if duration else 0.0
 
 
-def _nan_if_none(value: float | None) -> float:
+def nan_if_none(value: float | None) -> float:
     """A value column read back: SQLite has no NaN, the store keeps it as NULL."""
     return math.nan if value is None else value
 
 
-def _sum_of(terms: int, summed: int, total: float | None) -> float:
+def sum_of(terms: int, summed: int, total: float | None) -> float:
     """The IEEE sum of ``terms`` SQL values, from SQLite's ``count()`` and ``sum()`` of them.
 
     ``summed`` of them are not NULL (a NULL is a NaN); ``total`` is SQLite's sum of those,
@@ -77,7 +78,7 @@ def _sum_of(terms: int, summed: int, total: float | None) -> float:
     return 0.0 if total is None else total
 
 
-class _Acc:
+class Accumulator:
     """A mergeable aggregate of consecutive raw points (see :mod:`mqsync.db.store`).
 
     ``integral`` and ``active`` are those of every point but the first, ``first`` = ``(time,
@@ -130,7 +131,7 @@ class _Acc:
         self.minimum = _fmin(self.minimum, minimum)
         self.maximum = _fmax(self.maximum, maximum)
 
-    def merge(self, other: _Acc) -> None:
+    def merge(self, other: Accumulator) -> None:
         self.merge_row(other.count, other.sum, other.minimum, other.maximum, other.integral,
                        other.active, other.first)
 
@@ -164,7 +165,7 @@ def _nanmax(values: list[float]) -> float:
     return max((v for v in values if v == v), default=math.nan)
 
 
-def _bucket_points(times: list[int], values: list[float], dts: list[int], width: int
+def bucket_points(times: list[int], values: list[float], dts: list[int], width: int
                    ) -> list[tuple]:
     """Per-bucket partial aggregates of ordered points for buckets ``(s, s + width]``.
 
@@ -188,7 +189,7 @@ def _bucket_points(times: list[int], values: list[float], dts: list[int], width:
     return partials
 
 
-def _merge_buckets(partials: list[tuple], width: int) -> list[tuple]:
+def merge_buckets(partials: list[tuple], width: int) -> list[tuple]:
     """Merge ordered partial aggregates of smaller buckets into buckets of ``width``."""
     merged: list[tuple] = []
     for partial in partials:
@@ -205,7 +206,7 @@ def _merge_buckets(partials: list[tuple], width: int) -> list[tuple]:
     return merged
 
 
-def _add_partial(accs: dict[int, list], k: int, value: float, duration: int) -> None:
+def add_partial(accs: dict[int, list], k: int, value: float, duration: int) -> None:
     """Bucket ``k`` had ``value`` for ``duration`` ns, from a point of a later bucket."""
     acc = accs.get(k)
     if acc is None:
@@ -217,7 +218,7 @@ def _add_partial(accs: dict[int, list], k: int, value: float, duration: int) -> 
         acc[5] += duration
 
 
-def _spread(accs: dict[int, list], origin: int, width: int, begin: int, end: int,
+def spread(accs: dict[int, list], origin: int, width: int, begin: int, end: int,
             value: float) -> None:
     """Add ``value`` holding over ``(begin, end]`` to the buckets it overlaps."""
     k = (begin - origin) // width
@@ -227,5 +228,5 @@ def _spread(accs: dict[int, list], origin: int, width: int, begin: int, end: int
             return
         overlap = min(bucket_start + width, end) - max(bucket_start, begin)
         if overlap > 0:
-            _add_partial(accs, k, value, overlap)
+            add_partial(accs, k, value, overlap)
         k += 1

@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-from ._aggregates import _bucket_points, _merge_buckets
-from ._schema import _UPSERT_ROLLUP, TIME_LIMIT
+from ._aggregates import bucket_points, merge_buckets
+from ._schema import TIME_LIMIT, UPSERT_ROLLUP
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class InsertResult(NamedTuple):
     """Points dropped because their time was not within ``TIME_LIMIT`` ns of the epoch."""
 
 
-class _IngestMixin:
+class IngestMixin:
     """The writing half of :class:`~mqsync.db.SqliteStore` (under its write lock)."""
 
     path: Path
@@ -110,11 +110,11 @@ class _IngestMixin:
         self._writer.executemany(
             "INSERT INTO points VALUES (?, ?, ?, ?)",
             zip([metric_id] * len(times), times, values, dts))
-        partials = _bucket_points(times, values, dts, self.rollup_widths[0])
+        partials = bucket_points(times, values, dts, self.rollup_widths[0])
         for level, width in enumerate(self.rollup_widths):
             if level:
-                partials = _merge_buckets(partials, width)
-            self._writer.executemany(_UPSERT_ROLLUP, [
+                partials = merge_buckets(partials, width)
+            self._writer.executemany(UPSERT_ROLLUP, [
                 (metric_id, width, *partial) for partial in partials])
         self._last[metric_id] = times[-1]
         return InsertResult(len(times), dropped, 0, out_of_range)
@@ -125,8 +125,11 @@ class _IngestMixin:
             row = self._writer.execute("SELECT id FROM metrics WHERE name = ?",
                                        (metric,)).fetchone()
             if row is None:
-                metric_id = self._writer.execute("INSERT INTO metrics (name) VALUES (?)",
-                                                 (metric,)).lastrowid
+                inserted = self._writer.execute("INSERT INTO metrics (name) VALUES (?)",
+                                                (metric,)).lastrowid
+                # an INSERT into a table with a rowid always sets lastrowid
+                assert inserted is not None
+                metric_id = inserted
             else:
                 metric_id = row[0]
             self._ids[metric] = metric_id

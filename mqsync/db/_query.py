@@ -2,7 +2,7 @@
 of aligned buckets, taken from the rollups where they fit.
 
 A NULL value is a NaN (see :mod:`mqsync.db._schema`); every sum is read with its ``count()``
-(:func:`~mqsync.db._aggregates._sum_of`), so a NaN term, +inf and -inf in one sum, and no
+(:func:`~mqsync.db._aggregates.sum_of`), so a NaN term, +inf and -inf in one sum, and no
 terms at all stay apart."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import sqlite3
 import threading
 
 from ._aggregates import (
+    Accumulator,
     AggregateRow,
-    _Acc,
-    _add_partial,
-    _nan_if_none,
-    _spread,
-    _sum_of,
+    add_partial,
+    nan_if_none,
+    spread,
+    sum_of,
 )
-from ._schema import _HELD, _INT64_MAX, _INT64_MIN, StoreError, TooMuchData
+from ._schema import HELD, INT64_MAX, INT64_MIN, StoreError, TooMuchData
 
 
-class _QueryMixin:
+class QueryMixin:
     """The reading half of :class:`~mqsync.db.SqliteStore` (under its read lock)."""
 
     rollup_widths: tuple[int, ...]
@@ -67,7 +67,7 @@ class _QueryMixin:
             row = self._reader.execute(
                 "SELECT time, value FROM points WHERE metric = ? ORDER BY time DESC LIMIT 1",
                 (metric_id,)).fetchone()
-            return None if row is None else (row[0], _nan_if_none(row[1]))
+            return None if row is None else (row[0], nan_if_none(row[1]))
 
     def raw(self, metric: str, start: int | None = None, end: int | None = None
             ) -> tuple[list[int], list[float]]:
@@ -95,7 +95,7 @@ class _QueryMixin:
                 "ORDER BY time", (metric_id, lo, hi)).fetchall()
         times, values = zip(*rows)
         if None in values:  # a NaN
-            return list(times), [_nan_if_none(value) for value in values]
+            return list(times), [nan_if_none(value) for value in values]
         return list(times), list(values)
 
     def count_between(self, metric: str, start: int | None, end: int | None) -> int:
@@ -117,12 +117,12 @@ class _QueryMixin:
         with self._read_lock:
             metric_id = self._read_id(metric)
             span = None if metric_id is None else self._span(metric_id)
-            if span is None:
-                return _Acc().row(timestamp, lo)
+            if metric_id is None or span is None:
+                return Accumulator().row(timestamp, lo)
             first_time, last_time = span
             # Nothing is known before the first point or after the last one.
             lo, hi = max(lo, first_time - 1), min(hi, last_time)
-            acc = _Acc()
+            acc = Accumulator()
             if lo < hi:
                 acc = self._collect(metric_id, lo, hi, len(self.rollup_widths) - 1)
             elif lo >= last_time:
@@ -157,7 +157,7 @@ class _QueryMixin:
         with self._read_lock:
             metric_id = self._read_id(metric)
             span = None if metric_id is None else self._span(metric_id)
-            if span is None:
+            if metric_id is None or span is None:
                 return width, []
             first_time, last_time = span
             lo, hi = max(lo, first_time - 1), min(hi, last_time)
@@ -186,14 +186,14 @@ class _QueryMixin:
                 begin = max(origin, first_start)
                 if begin >= bucket_start - width:  # the common case: only the previous bucket
                     if begin < bucket_start:
-                        _add_partial(accs, k - 1, fvalue, bucket_start - begin)
+                        add_partial(accs, k - 1, fvalue, bucket_start - begin)
                 else:
-                    _spread(accs, origin, width, begin, bucket_start, fvalue)
+                    spread(accs, origin, width, begin, bucket_start, fvalue)
             accs[k] = [count, total, minimum, maximum, integral, active]
         if following is not None:
             time, dt, value = following
             if time - dt < top:
-                _spread(accs, origin, width, max(origin, time - dt), top, value)
+                spread(accs, origin, width, max(origin, time - dt), top, value)
         return width, [AggregateRow(origin + k * width, acc[2], acc[3], acc[1], acc[0], acc[4],
                                     acc[5])
                        for k, acc in sorted(accs.items()) if acc[0] or acc[5]]
@@ -210,14 +210,14 @@ class _QueryMixin:
                     "first_time, first_dt, first_value FROM rollups WHERE metric = ? AND "
                     "width = ? AND start >= ? AND start < ? ORDER BY start",
                     (origin, width, metric_id, width, origin, top))):
-            fvalue, integral = _nan_if_none(fvalue), _nan_if_none(integral)
+            fvalue, integral = nan_if_none(fvalue), nan_if_none(integral)
             if fdt:
                 # a rollup leaves out its first point: add the part of its interval inside
                 inside = ftime - max(ftime - fdt, origin + k * width)
                 integral += fvalue * inside
                 active += inside
-            buckets.append((k, count, _nan_if_none(total), _nan_if_none(minimum),
-                            _nan_if_none(maximum), integral, active, ftime, fdt, fvalue))
+            buckets.append((k, count, nan_if_none(total), nan_if_none(minimum),
+                            nan_if_none(maximum), integral, active, ftime, fdt, fvalue))
         return buckets
 
     def _grouped_points(self, metric_id: int, origin: int, width: int, top: int) -> list[tuple]:
@@ -230,16 +230,16 @@ class _QueryMixin:
             "SELECT g.k, g.c, g.cv, g.s, g.mn, g.mx, g.ci, g.i, g.a, g.ft, p.dt, p.value FROM ("
             " SELECT (time - 1 - ?) / ? AS k, count(*) AS c, count(value) AS cv,"
             " sum(value) AS s, min(value) AS mn, max(value) AS mx,"
-            f" count({_HELD.format(dt=inside, value='value')}) AS ci,"
-            f" sum({_HELD.format(dt=inside, value='value')}) AS i, sum({inside}) AS a,"
+            f" count({HELD.format(dt=inside, value='value')}) AS ci,"
+            f" sum({HELD.format(dt=inside, value='value')}) AS i, sum({inside}) AS a,"
             " min(time) AS ft FROM points WHERE metric = ? AND time > ? AND time <= ?"
             " GROUP BY k) AS g JOIN points AS p ON p.metric = ? AND p.time = g.ft"
             " ORDER BY g.k",
             (origin, width, *(origin, origin, width, width) * 5, metric_id, origin, top,
              metric_id)).fetchall()
-        return [(k, count, _sum_of(count, counted, total), _nan_if_none(minimum),
-                 _nan_if_none(maximum), _sum_of(count, counted_integral, integral), active,
-                 ftime, fdt, _nan_if_none(fvalue))
+        return [(k, count, sum_of(count, counted, total), nan_if_none(minimum),
+                 nan_if_none(maximum), sum_of(count, counted_integral, integral), active,
+                 ftime, fdt, nan_if_none(fvalue))
                 for k, count, counted, total, minimum, maximum, counted_integral, integral,
                 active, ftime, fdt, fvalue in rows]
 
@@ -280,11 +280,11 @@ class _QueryMixin:
         row = self._reader.execute(
             "SELECT time, dt, value FROM points WHERE metric = ? AND time > ? ORDER BY time "
             "LIMIT 1", (metric_id, time)).fetchone()
-        return None if row is None else (row[0], row[1], _nan_if_none(row[2]))
+        return None if row is None else (row[0], row[1], nan_if_none(row[2]))
 
-    def _collect(self, metric_id: int, lo: int, hi: int, level: int) -> _Acc:
+    def _collect(self, metric_id: int, lo: int, hi: int, level: int) -> Accumulator:
         """The aggregate of the raw points in ``(lo, hi]``, from rollups where they fit."""
-        acc = _Acc()
+        acc = Accumulator()
         if lo >= hi:
             return acc
         while level >= 0:
@@ -300,7 +300,7 @@ class _QueryMixin:
                 "ORDER BY time LIMIT 1", (metric_id, lo, hi)).fetchone()
             if first is None:
                 return acc
-            time, dt, value = first[0], first[1], _nan_if_none(first[2])
+            time, dt, value = first[0], first[1], nan_if_none(first[2])
             acc.merge_row(1, value, value, value, 0.0, 0, (time, dt, value))
             # every later point has dt > 0: value * dt is NULL exactly for a NaN
             count, counted, total, minimum, maximum, integral, active = self._reader.execute(
@@ -308,8 +308,8 @@ class _QueryMixin:
                 "sum(value * dt), sum(dt) FROM points WHERE metric = ? AND time > ? AND "
                 "time <= ?", (metric_id, time, hi)).fetchone()
             if count:
-                acc.extend(count, _sum_of(count, counted, total), _nan_if_none(minimum),
-                           _nan_if_none(maximum), _sum_of(count, counted, integral), active)
+                acc.extend(count, sum_of(count, counted, total), nan_if_none(minimum),
+                           nan_if_none(maximum), sum_of(count, counted, integral), active)
             return acc
         acc.merge(self._collect(metric_id, lo, first_bucket, level - 1))
         head = self._reader.execute(
@@ -319,14 +319,14 @@ class _QueryMixin:
             (metric_id, width, first_bucket, last_bucket)).fetchone()
         if head is not None:
             start, count, total, minimum, maximum, integral, active, ftime, fdt, fvalue = head
-            acc.merge_row(count, _nan_if_none(total), _nan_if_none(minimum),
-                          _nan_if_none(maximum), _nan_if_none(integral), active,
-                          (ftime, fdt, _nan_if_none(fvalue)))
+            acc.merge_row(count, nan_if_none(total), nan_if_none(minimum),
+                          nan_if_none(maximum), nan_if_none(integral), active,
+                          (ftime, fdt, nan_if_none(fvalue)))
             # the later buckets' first points come after this one: their whole intervals count
             row = self._reader.execute(
                 "SELECT count(*), sum(count), count(sum), sum(sum), min(minimum), max(maximum), "
                 "count(integral), sum(integral), count(first_value), "
-                f"sum({_HELD.format(dt='first_dt', value='first_value')}), "
+                f"sum({HELD.format(dt='first_dt', value='first_value')}), "
                 "sum(active) + sum(first_dt) FROM rollups "
                 "WHERE metric = ? AND width = ? AND start > ? AND start < ?",
                 (metric_id, width, start, last_bucket)).fetchone()
@@ -334,17 +334,17 @@ class _QueryMixin:
                 active = row
             if rows:
                 # rows with all values NaN have a NULL minimum and maximum
-                acc.extend(count, _sum_of(rows, totals, total), _nan_if_none(minimum),
-                           _nan_if_none(maximum),
-                           _sum_of(rows, integrals, integral) + _sum_of(rows, firsts, held),
+                acc.extend(count, sum_of(rows, totals, total), nan_if_none(minimum),
+                           nan_if_none(maximum),
+                           sum_of(rows, integrals, integral) + sum_of(rows, firsts, held),
                            active)
         acc.merge(self._collect(metric_id, last_bucket, hi, level - 1))
         return acc
 
 
 def _bounds(start: int | None, end: int | None, *, inclusive: bool) -> tuple[int, int]:
-    lo = _INT64_MIN if start is None else int(start)
-    hi = _INT64_MAX if end is None else int(end)
+    lo = INT64_MIN if start is None else int(start)
+    hi = INT64_MAX if end is None else int(end)
     if lo > hi or (lo == hi and not inclusive):
         raise StoreError(f"invalid time range: start {lo} ns is not before end {hi} ns")
     return lo, hi

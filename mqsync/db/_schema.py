@@ -8,24 +8,24 @@ from typing import Sequence
 
 from ..errors import ConfigError, MqsyncError
 from ..source import TIME_LIMIT_NS
-from ._aggregates import _sum_of
+from ._aggregates import sum_of
 
 _S = 1_000_000_000
 #: Rollup widths of a new store: 1 s to 100 000 s (about 28 h), each ten times the one before.
 DEFAULT_ROLLUP_WIDTHS: tuple[int, ...] = tuple(_S * 10**k for k in range(6))
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 #: Points are stored with ``-TIME_LIMIT < time < TIME_LIMIT`` ns (the years 1823 to 2116), the
 #: times a Source sends: every difference of two times, and every bucket bound, fits an int64.
 TIME_LIMIT = TIME_LIMIT_NS
 _MAX_WIDTH = 2**61
-_SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "2"
 
 # Every value column is NULL for NaN: sqlite3 binds a NaN as NULL, and SQLite's arithmetic
 # yields NULL where IEEE arithmetic yields NaN (inf - inf, NULL + x).  So NOT NULL is declared
 # only on the integer columns.  A rollup's integral and active time leave out its first point,
 # whose interval may begin in an earlier bucket: combining buckets then only ever adds.
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS points (
@@ -41,19 +41,19 @@ CREATE TABLE IF NOT EXISTS rollups (
 
 # A value holding over no time (the metric's first point) adds nothing, even if it is
 # infinite or NaN (inf * 0 would be NaN).
-_HELD = "CASE WHEN ({dt}) = 0 THEN 0.0 ELSE ({value}) * ({dt}) END"
+HELD = "CASE WHEN ({dt}) = 0 THEN 0.0 ELSE ({value}) * ({dt}) END"
 
 # A later part of a bucket: its points follow the bucket's first point, so its own first point
 # joins the integral and the active time.  min() of SQL is NULL if either side is NULL (all
 # NaN): coalesce keeps the other side.
-_UPSERT_ROLLUP = f"""
+UPSERT_ROLLUP = f"""
 INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (metric, width, start) DO UPDATE SET
     count = count + excluded.count, sum = sum + excluded.sum,
     minimum = coalesce(min(minimum, excluded.minimum), minimum, excluded.minimum),
     maximum = coalesce(max(maximum, excluded.maximum), maximum, excluded.maximum),
     integral = integral + (excluded.integral
-                           + {_HELD.format(dt="excluded.first_dt", value="excluded.first_value")}),
+                           + {HELD.format(dt="excluded.first_dt", value="excluded.first_value")}),
     active = active + excluded.active + excluded.first_dt
 """
 
@@ -62,17 +62,17 @@ ON CONFLICT (metric, width, start) DO UPDATE SET
 _MIGRATE_FROM_1 = f"""
 ALTER TABLE points RENAME TO points_v1;
 ALTER TABLE rollups RENAME TO rollups_v1;
-{_SCHEMA}
+{SCHEMA}
 INSERT INTO points SELECT metric, time, value, dt FROM points_v1;
 INSERT INTO rollups SELECT metric, width, start, count, sum, minimum, maximum,
-    integral - {_HELD.format(dt="first_dt", value="first_value")}, active - first_dt,
+    integral - {HELD.format(dt="first_dt", value="first_value")}, active - first_dt,
     first_time, first_dt, first_value FROM rollups_v1;
 DROP TABLE points_v1;
 DROP TABLE rollups_v1;
 """
 
 
-def _migrate_from_1(connection: sqlite3.Connection) -> None:
+def migrate_from_1(connection: sqlite3.Connection) -> None:
     """Rewrite a schema 1 file as schema 2, in the connection's open transaction.
 
     A rollup's integral loses its first point's part by a subtraction, which is exact enough
@@ -91,7 +91,7 @@ def _migrate_from_1(connection: sqlite3.Connection) -> None:
             "time > ? AND time <= ?", (metric, first_time, start + width)).fetchone()
         connection.execute(
             "UPDATE rollups SET integral = ? WHERE metric = ? AND width = ? AND start = ?",
-            (_sum_of(count, counted, integral), metric, width, start))
+            (sum_of(count, counted, integral), metric, width, start))
     connection.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
 
 
@@ -103,7 +103,13 @@ class TooMuchData(StoreError):
     """A request would return more points or buckets than the store's limit allows."""
 
 
-def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+def check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    """Return ``widths`` as a tuple if they can be a new store's rollup widths.
+
+    Raises:
+        ConfigError: none given, one not a positive int of at most 2**61 ns, not ascending
+            each a multiple of the one before, or not distinct.
+    """
     widths = tuple(widths)
     if not widths:
         raise ConfigError("rollup_widths must name at least one width in ns")

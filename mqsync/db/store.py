@@ -77,16 +77,16 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from ._aggregates import AggregateRow
-from ._ingest import InsertResult, _IngestMixin
-from ._query import _QueryMixin
+from ._ingest import IngestMixin, InsertResult
+from ._query import QueryMixin
 from ._schema import (
-    _SCHEMA,
-    _SCHEMA_VERSION,
     DEFAULT_ROLLUP_WIDTHS,
+    SCHEMA,
+    SCHEMA_VERSION,
     StoreError,
     TooMuchData,
-    _check_widths,
-    _migrate_from_1,
+    check_widths,
+    migrate_from_1,
 )
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ __all__ = [
 ]
 
 
-class SqliteStore(_IngestMixin, _QueryMixin):
+class SqliteStore(IngestMixin, QueryMixin):
     """Metric time series in one SQLite file; thread-safe.
 
     Writes go through one connection, reads through another (WAL lets them run at the same
@@ -142,7 +142,7 @@ class SqliteStore(_IngestMixin, _QueryMixin):
         try:
             self._writer = self._connect(synchronous)
             with self._write_lock:
-                self._writer.executescript(_SCHEMA)
+                self._writer.executescript(SCHEMA)
                 self.rollup_widths = self._load_widths(rollup_widths)
             self._reader = self._connect(synchronous)
         except sqlite3.Error as error:
@@ -167,26 +167,26 @@ class SqliteStore(_IngestMixin, _QueryMixin):
         if "rollup_widths" in rows:
             if rows.get("schema") == "1":
                 logger.warning("%s: converting to schema %s (once; this reads the whole "
-                               "file)", self.path, _SCHEMA_VERSION)
+                               "file)", self.path, SCHEMA_VERSION)
                 self._writer.execute("BEGIN IMMEDIATE")
                 try:
-                    _migrate_from_1(self._writer)
+                    migrate_from_1(self._writer)
                     self._writer.execute("COMMIT")
                 except BaseException:
                     self._writer.execute("ROLLBACK")
                     raise
-                rows["schema"] = _SCHEMA_VERSION
-            if rows.get("schema") != _SCHEMA_VERSION:
+                rows["schema"] = SCHEMA_VERSION
+            if rows.get("schema") != SCHEMA_VERSION:
                 raise ConfigError(f"{self.path}: unsupported schema version {rows.get('schema')!r}"
-                                  f", expected {_SCHEMA_VERSION}")
+                                  f", expected {SCHEMA_VERSION}")
             widths = tuple(int(w) for w in rows["rollup_widths"].split(",") if w)
             if requested is not None and tuple(requested) != widths:
                 logger.warning("%s keeps the rollup widths it was created with (%s), not %s",
                                self.path, widths, tuple(requested))
             return widths
-        widths = _check_widths(DEFAULT_ROLLUP_WIDTHS if requested is None else requested)
+        widths = check_widths(DEFAULT_ROLLUP_WIDTHS if requested is None else requested)
         self._writer.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("schema", _SCHEMA_VERSION), ("rollup_widths", ",".join(map(str, widths)))])
+            ("schema", SCHEMA_VERSION), ("rollup_widths", ",".join(map(str, widths)))])
         return widths
 
     def close(self) -> None:
