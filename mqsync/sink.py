@@ -23,7 +23,7 @@ from .chunk import decode_chunk
 from .client import Client, check_metric_name, derive_address
 from .connection import IOThread, time_left
 from .errors import ClientStopped, InvalidMessage, MqsyncError
-from .timeseries import Timedelta, Timestamp
+from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +88,19 @@ class Sink(Client):
         """The metrics subscribed to now."""
         return frozenset(self._subscribed)
 
-    def subscribe(self, metrics: Iterable[str], expires: float | Timedelta | None = None,
+    def subscribe(self, metrics: Iterable[str], expires: DurationLike | None = None,
                   metadata: bool | None = None, timeout: float | None = None,
                   **arguments: Any) -> dict[str, Any]:
         """Subscribe to ``metrics``; their points then arrive at the callbacks.
 
-        ``expires`` (seconds or a Timedelta) is how long the broker keeps the data queue
-        while nobody consumes it.  Returns the manager's reply (with the metrics'
-        metadata unless ``metadata=False``).
+        ``expires`` is how long the broker keeps the data queue while nobody consumes it: a
+        positive duration as :meth:`Timedelta.coerce` takes it (``3600``, ``"1h"``, a
+        Timedelta).  Returns the manager's reply (with the metrics' metadata unless
+        ``metadata=False``).
 
         Raises:
             ValueError: a metric name or ``expires`` is invalid.
+            TypeError: ``expires`` is not a duration.
             RPCError, RPCTimeout: the manager refused or did not answer.
         """
         names = [check_metric_name(m) for m in _as_list(metrics)]
@@ -106,7 +108,8 @@ class Sink(Client):
             if self.data_queue is not None:
                 arguments["dataQueue"] = self.data_queue
             if expires is not None:
-                arguments["expires"] = _expires_seconds(expires)
+                arguments["expires"] = Timedelta.coerce(expires, name="expires",
+                                                        positive=True).s
             if metadata is not None:
                 arguments["metadata"] = bool(metadata)
             arguments["durable"] = self.durable
@@ -263,12 +266,4 @@ def _as_list(metrics: Iterable[str]) -> list[str]:
     if isinstance(metrics, str):
         return [metrics]
     return list(metrics)
-
-
-def _expires_seconds(expires: float | Timedelta) -> float:
-    seconds = expires.s if isinstance(expires, Timedelta) else Timedelta.coerce(
-        expires, name="expires").s
-    if not seconds > 0:
-        raise ValueError(f"expires must be a positive duration, got {expires!r}")
-    return seconds
 

@@ -31,8 +31,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .client import Client, check_metric_name
 from .errors import ClientStopped, RPCTimeout
-from .sink import Sink, _expires_seconds
-from .timeseries import Timedelta, Timestamp
+from .sink import Sink
+from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +46,20 @@ class Subscriber(Client):
         token: the subscriber's token.
         url: the broker URL; ``None`` joins the embedded network.
         metrics: the metric names to buffer.
-        expires: how long (seconds or a Timedelta) the broker keeps the queue when nobody
-            collects it; required, so an abandoned measurement never buffers forever.
+        expires: how long the broker keeps the queue when nobody collects it, a positive
+            duration as :meth:`~mqsync.Timedelta.coerce` takes it (``3600``, ``"1h"``, a
+            Timedelta); kept in seconds in :attr:`expires`.  Required, so an abandoned
+            measurement never buffers forever.
         metadata: ask for the metrics' metadata (kept in :attr:`metadata`).
     """
 
     def __init__(self, token: str, url: str | None = None, *, metrics: Iterable[str],
-                 expires: float | Timedelta, metadata: bool = True, **kwargs: Any):
+                 expires: DurationLike, metadata: bool = True, **kwargs: Any):
         super().__init__(token, url, **kwargs)
         self.metrics = [check_metric_name(m) for m in _as_list(metrics)]
         if not self.metrics:
             raise ValueError("Subscriber needs at least one metric to subscribe to")
-        self.expires = _expires_seconds(expires)
+        self.expires = Timedelta.coerce(expires, name="expires", positive=True).s
         self._want_metadata = metadata
         self.queue: str | None = None
         self.metadata: dict[str, dict[str, Any]] = {}

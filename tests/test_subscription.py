@@ -48,7 +48,7 @@ def test_time_window_filter(unique):
 def test_expires_is_required_and_checked():
     with pytest.raises(TypeError):
         Subscriber("s", metrics=["a"])  # type: ignore[call-arg]
-    with pytest.raises(ValueError, match="expires must be a positive duration"):
+    with pytest.raises(ValueError, match="expires must be positive, got 0 s"):
         Subscriber("s", metrics=["a"], expires=0)
     with pytest.raises(ValueError, match="at least one metric"):
         Subscriber("s", metrics=[], expires=10)
