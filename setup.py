@@ -38,7 +38,6 @@ setup(
         "pluggy>=1.0",
         "attrs>=22.2",
         "protobuf>=4.21",
-        "psutil>=5.9",
         # the manager's get_metrics selectors: regular expressions matched in linear time
         "google-re2>=1.1",
         'tomli>=2; python_version<"3.11"',
@@ -52,7 +51,10 @@ setup(
             "ruff>=0.4",
             "influxdb>=5.3",
             "matplotlib>=3.6",
+            "psutil>=5.9",
         ],
+        # the built-in sysinfo source (mqsync-source --plugin sysinfo)
+        "sysinfo": ["psutil>=5.9"],
         "influx": ["influxdb>=5.3"],
         "plot": ["matplotlib>=3.6"],
     },

@@ -53,14 +53,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from time import monotonic
 from types import MappingProxyType, ModuleType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
-import psutil
 
-from mqsync.errors import ConfigError
+from mqsync.errors import ConfigError, PluginError
 from mqsync.plugin import ConfigOption, PluginSource, SourceKind, hookimpl
 from mqsync.timeseries import Timestamp
 
@@ -74,6 +73,7 @@ from ._common import (
     metric_segment,
     selected,
     short_hostname,
+    str_tuple,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,8 +135,31 @@ _NIC_RATES = {
 _LOAD = (("1min", "1 minute"), ("5min", "5 minutes"), ("15min", "15 minutes"))
 
 
+def import_psutil() -> ModuleType:
+    """Import psutil, which mqsync installs only with its ``sysinfo`` extra.
+
+    Imported when a source first reads from it, so that ``import mqsync`` and loading the
+    plugins work without it.
+
+    Raises:
+        PluginError: psutil cannot be imported; the message says what to install.
+    """
+    try:
+        import psutil
+    except ImportError as error:
+        raise PluginError(
+            f"the sysinfo source needs psutil, which cannot be imported ({error}); "
+            "install it with: pip install 'mqsync[sysinfo]'"
+        ) from error
+    return psutil
+
+
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
+
+
+def _str_frozenset(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(values)
 
 
 @attrs.frozen
@@ -169,15 +192,19 @@ class Snapshot:
         groups: Iterable[str] = GROUPS,
         *,
         per_core: bool = True,
-        psutil_module: ModuleType = psutil,
-        clock: Any = time.monotonic,
+        psutil_module: ModuleType | None = None,
+        clock: Callable[[], float] = monotonic,
         problems: dict[str, str] | None = None,
     ) -> Snapshot:
         """Read the groups ``groups`` from psutil now.
 
         A group whose psutil call raises is left empty, and the error is logged when it
         differs from the previous one in ``problems`` (group -> last error), so a
-        persistent failure is logged once, not on every update.
+        persistent failure is logged once, not on every update.  ``psutil_module``
+        replaces :mod:`psutil` (tests).
+
+        Raises:
+            PluginError: no ``psutil_module`` was given and psutil is not installed.
         """
         wanted = set(groups)
         values: dict[str, Any] = {"time": clock()}
@@ -197,7 +224,7 @@ class Snapshot:
                 del problems[group]
             return result
 
-        ps = psutil_module
+        ps = psutil_module if psutil_module is not None else import_psutil()
         if "cpu" in wanted:
             total = read("cpu", lambda: ps.cpu_times()._asdict())
             if total is not None:
@@ -286,12 +313,14 @@ class SysinfoCalculator:
 
     prefix: str
     host: str
-    groups: frozenset[str] = attrs.field(default=frozenset(GROUPS), converter=frozenset)
+    groups: frozenset[str] = attrs.field(default=frozenset(GROUPS), converter=_str_frozenset)
     per_core: bool = True
-    nic_include: tuple[str, ...] = attrs.field(default=("*",), converter=tuple)
-    nic_exclude: tuple[str, ...] = attrs.field(default=DEFAULT_NIC_EXCLUDE, converter=tuple)
-    disk_include: tuple[str, ...] = attrs.field(default=("*",), converter=tuple)
-    disk_exclude: tuple[str, ...] = attrs.field(default=DEFAULT_DISK_EXCLUDE, converter=tuple)
+    nic_include: tuple[str, ...] = attrs.field(default=("*",), converter=str_tuple)
+    nic_exclude: tuple[str, ...] = attrs.field(default=DEFAULT_NIC_EXCLUDE, converter=str_tuple)
+    disk_include: tuple[str, ...] = attrs.field(default=("*",), converter=str_tuple)
+    disk_exclude: tuple[str, ...] = attrs.field(
+        default=DEFAULT_DISK_EXCLUDE, converter=str_tuple
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SysinfoCalculator:
@@ -420,25 +449,25 @@ class SysinfoCalculator:
         if "disk" in self.groups and rates:
             assert previous is not None
             for segment, disk in self.disks(current).items():
-                old, new = previous.disks.get(disk), current.disks[disk]
-                if old is None:
+                before, after = previous.disks.get(disk), current.disks[disk]
+                if before is None:
                     continue  # new disk: rates from its second sample on
                 for field, (name, _, _) in _DISK_RATES.items():
-                    rate = counter_rate(old.get(field), new.get(field), seconds)
+                    rate = counter_rate(before.get(field), after.get(field), seconds)
                     if rate is not None:
                         values[f"{base}.disk.{segment}.{name}"] = rate
-                busy_ms = counter_rate(old.get("busy_time"), new.get("busy_time"), seconds)
+                busy_ms = counter_rate(before.get("busy_time"), after.get("busy_time"), seconds)
                 if busy_ms is not None:
                     # busy_time is in ms: ms per s / 10 = %; clamp the sampling jitter
                     values[f"{base}.disk.{segment}.busy"] = min(100.0, busy_ms / 10.0)
         if "net" in self.groups and rates:
             assert previous is not None
             for segment, nic in self.nics(current).items():
-                old, new = previous.nics.get(nic), current.nics[nic]
-                if old is None:
+                before, after = previous.nics.get(nic), current.nics[nic]
+                if before is None:
                     continue
                 for field, (name, _, _) in _NIC_RATES.items():
-                    rate = counter_rate(old.get(field), new.get(field), seconds)
+                    rate = counter_rate(before.get(field), after.get(field), seconds)
                     if rate is not None:
                         values[f"{base}.net.{segment}.{name}"] = rate
         if "load" in self.groups and current.load is not None:
@@ -464,6 +493,9 @@ class SysinfoSource(PluginSource):
         psutil_module: what to read from instead of :mod:`psutil` (tests).
 
     Other arguments as :class:`~mqsync.plugin.PluginSource`.
+
+    Raises:
+        PluginError: psutil is not installed (``pip install 'mqsync[sysinfo]'``).
     """
 
     default_config = {option.name: option.default for option in OPTIONS}
@@ -479,7 +511,7 @@ class SysinfoSource(PluginSource):
         psutil_module: ModuleType | None = None,
         **kwargs: Any,
     ):
-        self._psutil = psutil_module or psutil
+        self._psutil = psutil_module if psutil_module is not None else import_psutil()
         self._calculator: SysinfoCalculator | None = None
         self._previous: Snapshot | None = None
         self._declared: set[str] = set()
