@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -25,7 +26,7 @@ import pluggy
 from .errors import ConfigError, PluginError
 from .interval_source import IntervalSource
 from .rpc import rpc_handler
-from .timeseries import Timedelta
+from .timeseries import DurationLike, Timedelta
 
 logger = logging.getLogger(__name__)
 
@@ -219,13 +220,15 @@ class PluginSource(IntervalSource):
     devices), :meth:`metrics` (names and metadata to declare) and :meth:`update`
     (measure and :meth:`send`).  The configuration is the kind's defaults, overlaid by
     the ``config`` given to the constructor (a file), overlaid by what the manager sends.
-    Its ``rate`` (Hz) or ``period`` (a duration) sets the schedule.
+    Its ``rate`` (updates per second) or ``period`` sets the schedule; a ``period`` is a
+    duration as :meth:`Timedelta.coerce <mqsync.Timedelta.coerce>` takes it: ``"10s"``,
+    ``"100ms"``, or a number of seconds (``period = 5`` is five seconds).
 
     Args:
         token: the source's token.
         url: the broker URL; ``None`` joins the embedded network.
         config: configuration from a file or the command line.
-        period: overrides the configuration's rate/period.
+        period: overrides the configuration's rate/period (a duration, as ``period``).
     """
 
     #: Defaults for keys the configuration does not give (set by subclasses).
@@ -236,7 +239,8 @@ class PluginSource(IntervalSource):
     priming_interval: ClassVar[float | None] = None
 
     def __init__(self, token: str, url: str | None = None, *,
-                 config: Mapping[str, Any] | None = None, period: Any = None, **kwargs: Any):
+                 config: Mapping[str, Any] | None = None, period: DurationLike | None = None,
+                 **kwargs: Any):
         super().__init__(token, url, **kwargs)
         self._given_config = dict(config or {})
         self._period_override = period
@@ -281,19 +285,20 @@ class PluginSource(IntervalSource):
 
 
 def _period_of(config: Mapping[str, Any]) -> Timedelta | None:
+    """The schedule a configuration asks for: its ``period`` (a duration), else its ``rate``
+    (updates per second), else None.  Raises :class:`ConfigError` for a bad one."""
     if config.get("period") is not None:
         try:
-            period = Timedelta.coerce(config["period"], name="period")
+            return Timedelta.coerce(config["period"], name="period", positive=True)
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from None
-    elif config.get("rate") is not None:
-        rate = config["rate"]
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise ConfigError(f"invalid rate {rate!r}: expected a positive number of updates "
-                              "per second")
-        period = Timedelta.from_s(1 / rate)
-    else:
+    rate = config.get("rate")
+    if rate is None:
         return None
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+        raise ConfigError(f"invalid rate {rate!r}: expected a positive number of updates "
+                          "per second")
+    period = Timedelta.from_s(1 / rate)
     if period.ns <= 0:
-        raise ConfigError(f"invalid period {config.get('period')!r}: must be positive")
+        raise ConfigError(f"invalid rate {rate!r}: the period would be shorter than 1 ns")
     return period
