@@ -532,14 +532,12 @@ def time_argument(text: str) -> Timestamp:
 
 
 def duration_argument(text: Any) -> float:
-    """argparse ``type=`` for a positive duration: ``10`` (seconds), ``500ms``, ``2min``."""
+    """argparse ``type=`` for a positive duration, in seconds: ``10`` (seconds), ``500ms``,
+    ``2min`` (read by :meth:`Timedelta.coerce`)."""
     try:
-        seconds = Timedelta.coerce(text, name="duration").s
+        return Timedelta.coerce(text, name="duration", positive=True).s
     except (TypeError, ValueError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
-    return seconds
 
 
 def start_client(prog: str, client: Any, url: str | None = None,
