@@ -43,7 +43,7 @@ import _common  # noqa: E402 - bench/_common.py, next to this script
 import kombu
 
 from mqsync.chunk import decode_chunk
-from mqsync.client import derive_address
+from mqsync.names import derive_address
 
 T0 = 1_700_000_000_000_000_000
 STEP_NS = 1000

@@ -47,7 +47,7 @@ from _common import STEP_NS, T0, Result, median  # noqa: E402
 
 import mqsync  # noqa: E402
 from mqsync.chunk import decode_chunk, encode_chunk  # noqa: E402
-from mqsync.client import derive_address  # noqa: E402
+from mqsync.names import derive_address  # noqa: E402
 
 PREFETCH = 400  # mqsync.Sink's default prefetch_count, and the official client's
 CHUNK_SIZES = (1, 100, 1000)

@@ -1,5 +1,6 @@
 """mqsync: a synchronous, thread-based Python SDK for MetricQ networks."""
 
+from . import embedded, network
 from ._version import __version__
 from .client import Client
 from .errors import (
@@ -30,6 +31,9 @@ from .sink import DurableSink, Sink
 from .source import Source, SourceMetric
 from .subscription import Drain, Subscriber
 from .timeseries import TimeAggregate, Timedelta, Timestamp, TimeValue
+
+# clients without a broker URL join the in-process network of mqsync.embedded
+network.install(embedded)
 
 __all__ = [
     "Client",

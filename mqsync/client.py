@@ -19,12 +19,12 @@ import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import quote, urlsplit, urlunsplit
 
+from . import network
 from ._log import Throttled
 from ._version import __version__
 from ._worker import Worker
-from .connection import IOThread, check_url, redact_url, time_left
+from .connection import IOThread, time_left
 from .errors import (
     ClientStopped,
     ConnectFailed,
@@ -33,58 +33,22 @@ from .errors import (
     MqsyncError,
     RPCTimeout,
 )
+from .names import (
+    BROADCAST_EXCHANGE,
+    MANAGEMENT_EXCHANGE,
+    MAX_ROUTING_KEY_BYTES,
+    check_metric_name,
+    check_url,
+    derive_address,
+    redact_url,
+)
 from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_handler
 from .timeseries import Timestamp
 
 logger = logging.getLogger(__name__)
 
-MANAGEMENT_EXCHANGE = "metricq.management"
-BROADCAST_EXCHANGE = "metricq.broadcast"
-DATA_EXCHANGE = "metricq.data"
-HISTORY_EXCHANGE = "metricq.history"
-MAX_ROUTING_KEY_BYTES = 255
 #: Seconds a worker thread gets to end at stop even when the stop's timeout is used up.
 WORKER_GRACE = 0.2
-
-
-def check_metric_name(metric: str) -> str:
-    """Return ``metric`` if it can be a MetricQ metric name (an AMQP routing key).
-
-    Raises:
-        TypeError: ``metric`` is not a string.
-        ValueError: it is empty or longer than 255 UTF-8 bytes.
-    """
-    if not isinstance(metric, str):
-        raise TypeError(f"metric name must be a str, got {type(metric).__name__}")
-    size = len(metric.encode("utf-8"))
-    if size == 0 or size > MAX_ROUTING_KEY_BYTES:
-        shown = metric if size < 60 else metric[:40] + "..."
-        raise ValueError(f"invalid metric name {shown!r}: must be 1 to {MAX_ROUTING_KEY_BYTES} "
-                         f"UTF-8 bytes, got {size}")
-    return metric
-
-
-def derive_address(management_url: str, address: str) -> str:
-    """Turn a manager's ``dataServerAddress`` into a URL with the management credentials.
-
-    ``vhost:<name>`` keeps the management URL and replaces its virtual host; a URL keeps
-    its host and takes user and password (and nothing else) from the management URL.
-    """
-    management = urlsplit(management_url)
-    if address.startswith("vhost:"):
-        if not management.netloc:  # an in-process transport (memory://) has one vhost
-            return management_url
-        vhost = address[len("vhost:"):]
-        path = "/" if vhost in ("", "/") else "/" + quote(vhost, safe="")
-        return urlunsplit(management._replace(path=path))
-    target = urlsplit(address)
-    if management.username is None:
-        return address
-    credentials = quote(management.username, safe="")
-    if management.password is not None:
-        credentials += ":" + quote(management.password, safe="")
-    host = target.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(target._replace(netloc=f"{credentials}@{host}"))
 
 
 class Client(RPCDispatcher):
@@ -237,7 +201,7 @@ class Client(RPCDispatcher):
             self._starter = threading.current_thread()
         timeout = self.connect_timeout if timeout is None else timeout
         try:
-            self._network_url = self._url if self._url is not None else _embedded_acquire()
+            self._network_url = self._url if self._url is not None else network.acquire()
             self._management = IOThread(
                 self._network_url, f"mqsync-{self.token}-mgmt", self._setup_management,
                 heartbeat=self.heartbeat, give_up=self.reconnect_timeout,
@@ -309,7 +273,7 @@ class Client(RPCDispatcher):
                 self._management.stop(time_left(deadline))
             self._rpc_worker.stop(max(time_left(deadline), WORKER_GRACE))
             if self._network_url is not None and self._url is None:
-                _embedded_release()
+                network.release()
                 self._network_url = None
             with self._lifecycle:
                 self._state = "stopped"
@@ -647,18 +611,6 @@ def _uuid_hex() -> str:
     import uuid
 
     return uuid.uuid4().hex
-
-
-def _embedded_acquire() -> str:
-    from . import embedded
-
-    return embedded.acquire()
-
-
-def _embedded_release() -> None:
-    from . import embedded
-
-    embedded.release()
 
 
 __all__ = ["Client", "check_metric_name", "derive_address"]

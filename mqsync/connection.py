@@ -54,7 +54,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import selectors
 import socket
 import struct
@@ -62,13 +61,13 @@ import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterator, TypeVar
-from urllib.parse import urlsplit
 
 import kombu
 import kombu.message
 
 from ._log import Throttled
-from .errors import ClientStopped, ConfigError, ConnectFailed
+from .errors import ClientStopped, ConnectFailed
+from .names import check_url, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -100,61 +99,6 @@ STOP_GRACE = 0.5
 def time_left(deadline: float) -> float:
     """Seconds from now until ``deadline`` (a :func:`time.monotonic` value), at least 0."""
     return max(0.0, deadline - time.monotonic())
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``******`` (for logs and reprs).
-
-    The user information is everything between ``://`` and the last ``@``, and the
-    password everything in it after the first ``:``.  That holds whatever the password
-    contains, even ``#``, ``/``, ``?`` or ``@`` written unencoded (which a URL parser would
-    take for the start of a fragment, path or query and so print).  Several URLs joined
-    with ``;`` (kombu's failover form) are masked one by one.
-    """
-    return ";".join(_redact_one(part) for part in _NEXT_URL.split(url))
-
-
-_NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
-
-
-def check_url(url: str) -> str:
-    """Return ``url`` if it is a broker URL kombu reads as written; raise otherwise.
-
-    A password with ``#``, ``/``, ``?`` or ``@`` written unencoded makes a URL parser cut
-    the URL in the password and report a piece of it (as a port, a host, a path); such a
-    URL is refused here, before anything can echo it, with the masked URL in the message.
-
-    Raises:
-        ConfigError: ``url`` is not ``scheme://[user[:password]@]host[:port][/vhost]``.
-    """
-    for part in _NEXT_URL.split(url):
-        scheme, separator, rest = part.partition("://")
-        if not separator or not scheme:
-            raise ConfigError(f"invalid broker URL {redact_url(part)!r}: expected "
-                              "scheme://[user:password@]host[:port]/[vhost], e.g. "
-                              "amqp://user:password@localhost/")
-        try:
-            netloc = urlsplit(part).netloc
-            _ = urlsplit(part).port  # raises on a port that is not a number
-        except ValueError:
-            netloc = None
-        if netloc is None or ("@" in rest and "@" not in netloc):
-            raise ConfigError(
-                f"invalid broker URL {redact_url(part)!r}: its user name or password holds a "
-                "character that must be percent-encoded there ('#' as %23, '/' as %2F, "
-                "'?' as %3F, '@' as %40, '%' as %25), or its port is not a number")
-    return url
-
-
-def _redact_one(url: str) -> str:
-    scheme, separator, rest = url.partition("://")
-    at = rest.rfind("@")
-    if not separator or at < 0:
-        return url
-    user, colon, _ = rest[:at].partition(":")
-    if not colon:
-        return url
-    return f"{scheme}://{user}:******@{rest[at + 1:]}"
 
 
 class _Tick:

@@ -26,9 +26,10 @@ from google.protobuf.message import DecodeError
 
 from ._proto import HistoryRequest
 from ._proto import HistoryResponse as _HistoryResponseMessage
-from .client import HISTORY_EXCHANGE, Client, check_metric_name, derive_address
+from .client import Client
 from .connection import IOThread
 from .errors import ClientStopped, InvalidMessage, MqsyncError, RPCTimeout
+from .names import HISTORY_EXCHANGE, check_metric_name, derive_address
 from .rpc import PendingCalls
 from .timeseries import DurationLike, TimeAggregate, Timedelta, Timestamp, TimeValue
 

@@ -20,9 +20,10 @@ from typing import Any, Iterable, Sequence
 
 from ._worker import Worker
 from .chunk import decode_chunk
-from .client import Client, check_metric_name, derive_address
+from .client import Client
 from .connection import IOThread, time_left
 from .errors import ClientStopped, InvalidMessage, MqsyncError
+from .names import derive_address, metric_list
 from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Sink(Client):
             TypeError: ``expires`` is not a duration.
             RPCError, RPCTimeout: the manager refused or did not answer.
         """
-        names = [check_metric_name(m) for m in _as_list(metrics)]
+        names = metric_list(metrics)
         with self._subscription_lock:
             if self.data_queue is not None:
                 arguments["dataQueue"] = self.data_queue
@@ -124,7 +125,7 @@ class Sink(Client):
     def unsubscribe(self, metrics: Iterable[str], timeout: float | None = None,
                     end: bool = True) -> dict[str, Any]:
         """Stop receiving ``metrics``; with ``end`` the end marker follows their last point."""
-        names = [check_metric_name(m) for m in _as_list(metrics)]
+        names = metric_list(metrics)
         with self._subscription_lock:
             if self.data_queue is None:
                 raise ClientStopped(f"{self.token} has no subscription to end")
@@ -260,10 +261,4 @@ class DurableSink(Sink):
     def _on_start(self) -> None:
         reply = self.rpc("sink.register")
         self.rpc_dispatch("config", **dict(reply.get("config") or {}))
-
-
-def _as_list(metrics: Iterable[str]) -> list[str]:
-    if isinstance(metrics, str):
-        return [metrics]
-    return list(metrics)
 

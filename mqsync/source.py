@@ -29,9 +29,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ._delivery import ChunkPublisher
 from .chunk import check_chunk_size, encode_chunk
-from .client import DATA_EXCHANGE, Client, check_metric_name, derive_address
+from .client import Client
 from .connection import IOThread, time_left
 from .errors import PublishFailed
+from .names import DATA_EXCHANGE, check_metric_name, derive_address
 from .spool import Spool
 from .timeseries import Timestamp
 

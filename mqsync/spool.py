@@ -48,8 +48,8 @@ from typing import Callable, Iterable, Iterator, Tuple, Union
 
 import attrs
 
+from mqsync._files import move_aside
 from mqsync.errors import ConfigError, MqsyncError
-from mqsync.state import _move_aside
 
 __all__ = ["DEFAULT_MAX_BYTES", "Spool", "SpoolError", "SpooledChunk"]
 
@@ -263,7 +263,7 @@ class Spool:
             if conn is not None:
                 conn.close()
             try:
-                self.recovered_from = _move_aside(self.path, _SIDECARS)
+                self.recovered_from = move_aside(self.path, _SIDECARS)
             except OSError as exc:
                 raise SpoolError(
                     f"spool file {self.path} is damaged ({problem}) and cannot be moved aside: "

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
+from mqsync._files import move_aside
 from mqsync.errors import MqsyncError
 from mqsync.timeseries import Timedelta, Timestamp
 
@@ -299,26 +300,6 @@ def _remove_stale_temp_files(path: Path, older_than: float = _STALE_TEMP_SECONDS
     return removed
 
 
-def _move_aside(path: Path, sidecar_suffixes: tuple[str, ...] = ()) -> Path:
-    """Rename a damaged ``path`` to ``<name>.corrupt-<UTC timestamp>`` and return the new path.
-
-    Files named ``path`` + suffix (e.g. SQLite's ``-wal`` and ``-shm``) move along
-    with it, keeping the same suffix, so tools can still open the set together.
-    """
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    counter = 0
-    while aside.exists():
-        counter += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
-    os.replace(path, aside)
-    for suffix in sidecar_suffixes:
-        sidecar = Path(str(path) + suffix)
-        if sidecar.exists():
-            os.replace(sidecar, Path(str(aside) + suffix))
-    return aside
-
-
 def _decode(data: bytes) -> Any:
     """Return the state in ``data``; raise ValueError if it is not a valid state file."""
     if not data.strip():
@@ -364,7 +345,7 @@ def _load(
     except StateError as exc:
         raise StateError(f"cannot use state file {target}: {exc}") from None
     except ValueError as problem:
-        aside = _move_aside(target)
+        aside = move_aside(target)
         logger.error(
             "state file %s is damaged (%s): moved it aside to %s and starting from the "
             "default state",

@@ -64,8 +64,8 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence, Tuple, Union
 
 import attrs
 
+from mqsync._files import move_aside
 from mqsync.errors import ConfigError, MqsyncError
-from mqsync.state import _move_aside
 
 __all__ = ["DataStreamer", "SqliteDataStreamer", "StreamMessage", "StreamStatus", "StreamerError"]
 
@@ -232,7 +232,7 @@ class DataStreamer:
             except sqlite3.OperationalError:
                 raise  # locked, unreadable, ...: not damage, do not move anything
             except sqlite3.DatabaseError as problem:
-                self.recovered_from = _move_aside(self.path, ("-wal", "-shm"))
+                self.recovered_from = move_aside(self.path, ("-wal", "-shm"))
                 logger.error(
                     "streamer database %s is damaged (%s): moved it aside to %s and starting "
                     "a fresh one",

@@ -29,8 +29,9 @@ import queue
 import threading
 from typing import Any, Iterable, Iterator, Sequence
 
-from .client import Client, check_metric_name
+from .client import Client
 from .errors import ClientStopped, RPCTimeout
+from .names import metric_list
 from .sink import Sink
 from .timeseries import DurationLike, Timedelta, Timestamp
 
@@ -56,7 +57,7 @@ class Subscriber(Client):
     def __init__(self, token: str, url: str | None = None, *, metrics: Iterable[str],
                  expires: DurationLike, metadata: bool = True, **kwargs: Any):
         super().__init__(token, url, **kwargs)
-        self.metrics = [check_metric_name(m) for m in _as_list(metrics)]
+        self.metrics = metric_list(metrics)
         if not self.metrics:
             raise ValueError("Subscriber needs at least one metric to subscribe to")
         self.expires = Timedelta.coerce(expires, name="expires", positive=True).s
@@ -200,7 +201,3 @@ class Drain(Sink):
     def _release_queue(self, timeout: float) -> None:
         """A drain left early (an error, or the loop broke off) keeps its queue to expire:
         its data may still be wanted; a drain that reached the end released it already."""
-
-
-def _as_list(metrics: Iterable[str]) -> list[str]:
-    return [metrics] if isinstance(metrics, str) else list(metrics)

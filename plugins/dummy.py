@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from mqsync.client import check_metric_name
 from mqsync.errors import ConfigError
+from mqsync.names import check_metric_name
 from mqsync.plugin import ConfigOption, PluginSource, SourceKind, hookimpl
 from mqsync.timeseries import Timestamp
 

@@ -35,8 +35,8 @@ from mqsync.cli._common import (
 from mqsync.cli.send import main as send_main
 from mqsync.cli.sink import main as sink_main
 from mqsync.cli.source import main as source_main
-from mqsync.connection import redact_url
 from mqsync.errors import ConnectFailed, RPCTimeout
+from mqsync.names import redact_url
 from tests._support import RecordingSink, wait_until
 
 #: Seconds a command may take to end once its reader went away.

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import mqsync
-from mqsync.client import derive_address
+from mqsync.names import derive_address
 
 
 class Echo(mqsync.Client):

@@ -22,8 +22,8 @@ import pytest
 import mqsync
 from mqsync import embedded
 from mqsync.chunk import encode_chunk
-from mqsync.connection import check_url, redact_url
 from mqsync.manager import Manager
+from mqsync.names import check_url, redact_url
 from tests._support import PeakRSS, RecordingSink, wait_until
 
 T0 = 1_700_000_000_000_000_000

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqsync.client import check_metric_name
 from mqsync.errors import ConfigError
+from mqsync.names import check_metric_name
 from mqsync_plugins.sysinfo import (
     MIN_INTERVAL_SECONDS,
     Snapshot,

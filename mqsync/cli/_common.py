@@ -51,8 +51,8 @@ from typing import Any, Callable, Sequence, TextIO
 from urllib.parse import unquote, urlsplit
 
 from ..config import read_config_file
-from ..connection import redact_url
 from ..errors import ConfigError, ConnectFailed, MqsyncError, RPCTimeout
+from ..names import redact_url
 from ..timeseries import Timedelta, Timestamp
 
 #: Exit codes scripts can rely on.

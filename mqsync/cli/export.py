@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from ..client import check_metric_name
 from ..errors import ConnectFailed, MqsyncError
 from ..history import HistoryClient, HistoryError
+from ..names import check_metric_name
 from ..timeseries import Timestamp
 from ._common import (
     CONNECT_TIMEOUT,

@@ -43,9 +43,10 @@ from google.protobuf.message import DecodeError
 from .._proto import HistoryRequest, HistoryResponse
 from .._worker import Worker
 from ..chunk import decode_chunk
-from ..client import Client, check_metric_name, derive_address
+from ..client import Client
 from ..connection import IOThread
 from ..errors import ConfigError, InvalidMessage, RPCError
+from ..names import check_metric_name, derive_address
 from ..rpc import rpc_handler
 from .store import AggregateRow, SqliteStore, StoreError
 

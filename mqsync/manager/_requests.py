@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ..client import MAX_ROUTING_KEY_BYTES, check_metric_name
 from ..errors import InvalidRequest
+from ..names import MAX_ROUTING_KEY_BYTES, check_metric_name
 
 #: How deeply a metric's metadata may nest (objects and arrays).
 MAX_METADATA_DEPTH = 32

@@ -45,15 +45,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import kombu.transport.memory
 import re2
 
-from ..client import (
-    BROADCAST_EXCHANGE,
-    DATA_EXCHANGE,
-    HISTORY_EXCHANGE,
-    MANAGEMENT_EXCHANGE,
-    Client,
-)
+from ..client import Client
 from ..connection import IOThread
 from ..errors import InvalidRequest, RPCError
+from ..names import BROADCAST_EXCHANGE, DATA_EXCHANGE, HISTORY_EXCHANGE, MANAGEMENT_EXCHANGE
 from ..rpc import rpc_handler
 from . import _requests as check
 from .store import ConfigStore, MetadataStore
