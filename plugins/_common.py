@@ -134,6 +134,11 @@ def check_bool(config: Mapping[str, Any], option: str) -> bool:
     return value
 
 
+def str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` as a tuple: the converter of value classes' fields of strings."""
+    return tuple(values)
+
+
 def selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
     """Whether ``name`` matches a pattern of ``include`` and none of ``exclude``."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in include) and not any(

@@ -114,7 +114,7 @@ def hosts_from_config(config: Mapping[str, Any]) -> tuple[BmcHost, ...]:
                 "for the host or for all hosts"
             )
         hosts.append(BmcHost(address, name, username, password, port))
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     for host in hosts:
         for key, what in ((host.target, "host"), (host.name, "metric name")):
             if (what, key) in seen:

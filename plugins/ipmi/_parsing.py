@@ -133,10 +133,10 @@ def parse_ipmitool(text: str) -> list[Reading]:
                 continue
             match = _NUMBER_AND_UNIT.match(reading)
             if match:
-                value, unit = float(match["number"]), normalize_unit(match["unit"])
+                number, unit = float(match["number"]), normalize_unit(match["unit"])
             else:
-                value, unit = math.nan, ""
-            readings.append(Reading(name, "", value, unit, record_id))
+                number, unit = math.nan, ""
+            readings.append(Reading(name, "", number, unit, record_id))
     return readings
 
 

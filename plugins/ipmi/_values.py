@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import attrs
 
+from .._common import str_tuple
+
 
 class Secret:
     """A password: its ``repr`` and ``str`` are masked; :meth:`reveal` gives the text."""
@@ -81,7 +83,7 @@ class Invocation:
     Only ``argv`` shows in the repr: the environment and files may hold credentials.
     """
 
-    argv: tuple[str, ...] = attrs.field(converter=tuple)
+    argv: tuple[str, ...] = attrs.field(converter=str_tuple)
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     files: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
