@@ -22,11 +22,10 @@ Writers: :class:`JsonFileWriter` (JSON Lines), :class:`LineProtocolFileWriter` a
 :class:`DatabaseWriter`.
 """
 
-from ._core import DataLogger, PostProcessing
+from ._core import BlockMeasurer, DataLogger, PostProcessing
 from ._errors import DataLoggerError, InvalidMeasurement, MetricNameCollision, WriteFailed
 from ._influx import InfluxDBWriter, LineProtocolFileWriter, to_line_protocol
 from ._json import JsonFileWriter
-from ._measure import BlockMeasurer
 from ._metricq import MetricQWriter
 from ._model import Field, FieldMap, Measurement, Tag, TagMap
 from ._records import DataEntry, Dataset, Event, Events

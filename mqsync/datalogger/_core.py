@@ -1,18 +1,35 @@
-"""The DataLogger: log values, measure durations, record events, hand batches to writers."""
+"""The DataLogger: log values, measure durations, record events, hand batches to writers.
+
+:class:`DataLogger` collects :class:`DataEntry` and :class:`Event` records from any number of
+threads. :meth:`DataLogger.write_data` hands what was collected, as one batch, to every
+:class:`DatabaseWriter`; a writer that fails keeps its batch for the next write.
+:class:`BlockMeasurer` is the context manager of :meth:`DataLogger.measure_block`.
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import threading
 from collections.abc import Mapping
 from typing import Any, Callable, List, Sequence, TypeVar
 
+from ._arguments import (
+    TagValues,
+    call_arguments,
+    either_tag_map,
+    event_tag_values,
+    require_field,
+    require_measurement,
+)
 from ._errors import InvalidMeasurement, WriteFailed
-from ._measure import BlockMeasurer, _say, _Timer
-from ._model import Field, Measurement, Tag
+from ._measure import Timer, say
+from ._model import Field, Measurement
 from ._records import DataEntry, Dataset, Event, Events, TimeLike, to_ns
 from ._writer import DatabaseWriter
+
+__all__ = ["BlockMeasurer", "DataLogger", "PostProcessing"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,7 +92,8 @@ class DataLogger:
         self._write_lock = threading.RLock()  # one write_data at a time; guards _backlog
         self._dataset = Dataset()
         self._events = Events()
-        self._backlog: dict[int, tuple[list[DataEntry], list[Event]]] = {}
+        # writer index -> the entries and events it failed to write, handed over next time
+        self._backlog: dict[int, tuple[List[DataEntry], List[Event]]] = {}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -103,6 +121,7 @@ class DataLogger:
 
     @property
     def db_writers(self) -> List[DatabaseWriter]:
+        """The writers (a copy of the list)."""
         return list(self._db_writers)
 
     def __str__(self) -> str:
@@ -149,31 +168,35 @@ class DataLogger:
             raise TypeError(
                 f"log() needs a Field and a value, or a FieldMap; got field={field!r}"
             )
-        measurement = self._check_measurement(measurement)
-        tags = measurement.resolve_tags(self._one_tag_map(tag_map, tags_map))
+        measurement = require_measurement(measurement)
+        tags = measurement.resolve_tags(either_tag_map(tag_map, tags_map))
         resolved = measurement.resolve_fields(fields)
-        when = None if time is None else to_ns(time)
-        with self._lock:
-            self._dataset.append(DataEntry(measurement, resolved, tags, time=when))
-        self._after_log()
+        entry = DataEntry(measurement, resolved, tags, time=None if time is None else to_ns(time))
+        self._record(entry, None)
 
     def log_event(
         self,
         measurement: Measurement,
         start_time: TimeLike,
         stop_time: TimeLike,
-        event_tags_map: Mapping[Any, Any] | None = None,
+        event_tags_map: TagValues | None = None,
         *,
         text: str | None = None,
     ) -> None:
         """Log an event from ``start_time`` to ``stop_time`` (datetimes in UTC, or int ns).
 
         ``measure`` and ``measure_block`` do this for you when given ``event_tags``. This does
-        not trigger ``continuous_write``.
+        not trigger ``continuous_write``. Raises InvalidMeasurement if the event stops before
+        it starts.
         """
-        measurement = self._check_measurement(measurement)
-        event = self._event(measurement, to_ns(start_time), to_ns(stop_time),
-                            self._event_tags(event_tags_map), text)
+        measurement = require_measurement(measurement)
+        start_ns, stop_ns = to_ns(start_time), to_ns(stop_time)
+        if stop_ns < start_ns:
+            raise InvalidMeasurement(
+                f"event of {measurement.name!r} stops before it starts ({stop_ns} < {start_ns} ns)"
+            )
+        event = Event.from_ns(measurement, start_ns, stop_ns, event_tag_values(event_tags_map),
+                              text)
         with self._lock:
             self._events.append(event)
 
@@ -182,15 +205,15 @@ class DataLogger:
         func: Callable[..., _T],
         measurement: Measurement,
         field: Field,
-        tag_map: Mapping[Any, Any] | None = None,
-        event_tags: Mapping[Any, Any] | None = None,
+        tag_map: TagValues | None = None,
+        event_tags: TagValues | None = None,
         logger: logging.Logger | None = None,
         log_start: str | None = None,
         log_end: str | None = None,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         *,
-        tags_map: Mapping[Any, Any] | None = None,
+        tags_map: TagValues | None = None,
         log_lvl: int = logging.INFO,
         text: str | None = None,
     ) -> _T:
@@ -204,32 +227,29 @@ class DataLogger:
         """
         if not callable(func):
             raise TypeError(f"measure() needs a callable, got {func!r}")
-        if args is not None and not isinstance(args, (tuple, list)):
-            raise TypeError(f"args must be a tuple, got {args!r}")
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise TypeError(f"kwargs must be a dict, got {kwargs!r}")
-        timer = _Timer(self, measurement, field, self._one_tag_map(tag_map, tags_map),
-                       event_tags, text)
-        _say(logger, log_lvl, log_start)
+        call_args, call_kwargs = call_arguments(args, kwargs)
+        timer = self._timer(measurement, field, either_tag_map(tag_map, tags_map), event_tags,
+                            text)
+        say(logger, log_lvl, log_start)
         timer.start()
         try:
-            return func(*(args or ()), **(kwargs or {}))
+            return func(*call_args, **call_kwargs)
         finally:
             timer.stop()
-            _say(logger, log_lvl, log_end)
+            say(logger, log_lvl, log_end)
 
     def measure_block(
         self,
         measurement: Measurement,
         field: Field,
-        tag_map: Mapping[Any, Any] | None = None,
-        event_tags: Mapping[Any, Any] | None = None,
+        tag_map: TagValues | None = None,
+        event_tags: TagValues | None = None,
         logger: logging.Logger | None = None,
         log_lvl: int = logging.INFO,
         log_start: str | None = None,
         log_end: str | None = None,
         *,
-        tags_map: Mapping[Any, Any] | None = None,
+        tags_map: TagValues | None = None,
         text: str | None = None,
     ) -> BlockMeasurer:
         """A context manager that logs how long its block took (see :meth:`measure`).
@@ -238,7 +258,7 @@ class DataLogger:
         ``log_end`` are given (as in 2.4). Checked at once, before the block runs.
         """
         return BlockMeasurer(
-            self, measurement, field, self._one_tag_map(tag_map, tags_map), event_tags,
+            self, measurement, field, either_tag_map(tag_map, tags_map), event_tags,
             logger, log_lvl, log_start, log_end, text=text,
         )
 
@@ -258,12 +278,10 @@ class DataLogger:
         again next time); the others are still called, and then WriteFailed is raised.
         """
         with self._write_lock:
-            with self._lock:
-                entries, events = self._dataset.as_list(), self._events.as_list()
-                self._dataset, self._events = Dataset(), Events()
+            entries, events = self._take_all()
             if not (entries or events or self._backlog):
                 return
-            batch = self._holding(entries, events)
+            batch = _batch_of(entries, events)
             try:
                 self._post_process(batch)
             except BaseException:
@@ -271,16 +289,9 @@ class DataLogger:
                 raise
             failures = []
             for index, writer in enumerate(self._db_writers):
-                kept = self._backlog.pop(index, None)
-                view = batch
-                if kept is not None:
-                    view = self._holding(kept[0] + batch.dataset, kept[1] + batch.events)
-                try:
-                    writer.write_data(view)
-                except Exception as error:  # reported through WriteFailed
-                    _log.debug("writer %r failed", writer, exc_info=True)
-                    self._keep(index, view.dataset, view.events)
-                    failures.append((writer, error))
+                failure = self._write_to(index, writer, batch)
+                if failure is not None:
+                    failures.append(failure)
             if failures:
                 raise WriteFailed(failures)
 
@@ -295,79 +306,75 @@ class DataLogger:
     def __enter__(self) -> DataLogger:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- internals -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_measurement(measurement: Any) -> Measurement:
-        if not isinstance(measurement, Measurement):
-            raise TypeError(
-                f"measurement must be a Measurement, got {measurement!r} "
-                f"({type(measurement).__name__})"
-            )
-        return measurement
-
-    @staticmethod
-    def _one_tag_map(tag_map: Any, tags_map: Any) -> Mapping[Any, Any] | None:
-        if tags_map is not None:
-            if tag_map is not None:
-                raise TypeError("got both tag_map and tags_map (the 2.4 name); give one")
-            return tags_map
-        return tag_map
-
-    @staticmethod
-    def _event_tags(tags: Any) -> dict[Tag, Any]:
-        """Event tags as a plain dict of Tag -> value (None values left out)."""
-        if tags is not None and not isinstance(tags, Mapping):
-            raise TypeError(f"event tags must be a TagMap, got {tags!r}")
-        return {k if isinstance(k, Tag) else Tag(k): v
-                for k, v in (tags or {}).items() if v is not None}
-
-    @staticmethod
-    def _event(
-        measurement: Measurement, start_ns: int, stop_ns: int, tags: dict[Tag, Any],
+    def _timer(
+        self,
+        measurement: Measurement,
+        field: Field,
+        tag_map: TagValues | None,
+        event_tags: TagValues | None,
         text: str | None,
-    ) -> Event:
-        if stop_ns < start_ns:
-            raise InvalidMeasurement(
-                f"event of {measurement.name!r} stops before it starts ({stop_ns} < {start_ns} ns)"
-            )
-        return Event.from_ns(measurement, start_ns, stop_ns, tags, text)
+    ) -> Timer:
+        """A Timer for one duration of ``field``, everything checked before it starts."""
+        measurement = require_measurement(measurement)
+        return Timer(
+            measurement,
+            require_field(measurement, field),
+            measurement.resolve_tags(tag_map),
+            event_tag_values(event_tags) if event_tags else None,
+            text,
+            record=self._record,
+        )
 
-    def _record(self, measurement: Measurement, fields: dict, tags: dict,
-                event: Event | None) -> None:
+    def _record(self, entry: DataEntry, event: Event | None) -> None:
+        """Keep ``entry`` (and ``event``) for the next batch, then write if continuous."""
         with self._lock:  # event and entry land in the same batch
             if event is not None:
                 self._events.append(event)
-            self._dataset.append(DataEntry(measurement, fields, tags))
-        self._after_log()
+            self._dataset.append(entry)
+        if self.continuous_write:
+            self._write_continuously()
 
-    def _after_log(self) -> None:
-        if not self.continuous_write:
-            return
+    def _write_continuously(self) -> None:
         try:
             self.write_data()
-        except WriteFailed as error:
+        except WriteFailed as error:  # the measured code goes on; the data is kept
             _log.warning("continuous write: %s", error)
 
-    @staticmethod
-    def _holding(entries: List[DataEntry], events: List[Event]) -> DataLogger:
-        batch = DataLogger()  # a plain one: a subclass may need arguments
-        for entry in entries:
-            batch._dataset.append(entry)
-        for event in events:
-            batch._events.append(event)
-        return batch
+    def _take_all(self) -> tuple[List[DataEntry], List[Event]]:
+        """Everything logged so far, which the next log starts a new batch after."""
+        with self._lock:
+            entries, events = self._dataset.as_list(), self._events.as_list()
+            self._dataset, self._events = Dataset(), Events()
+        return entries, events
 
     def _post_process(self, batch: DataLogger) -> None:
         for func in self.postprocessing_functions:
             wanted = {str(m): batch._dataset.get_entries_for_measurement(m)
-                      for m in func.measurements}
+                      for m in getattr(func, "measurements", ())}
             func(batch, **wanted)
 
+    def _write_to(
+        self, index: int, writer: DatabaseWriter, batch: DataLogger
+    ) -> tuple[DatabaseWriter, Exception] | None:
+        """Hand one writer what it kept from failed writes plus ``batch``; the failure if any."""
+        kept = self._backlog.pop(index, None)
+        if kept is not None:
+            batch = _batch_of(kept[0] + batch.dataset, kept[1] + batch.events)
+        try:
+            writer.write_data(batch)
+        except Exception as error:  # reported through WriteFailed
+            _log.debug("writer %r failed", writer, exc_info=True)
+            self._keep(index, batch.dataset, batch.events)
+            return writer, error
+        return None
+
     def _put_back(self, entries: List[DataEntry], events: List[Event]) -> None:
+        """Put a batch that could not be written back before what was logged since."""
         with self._lock:
             newer_entries, newer_events = self._dataset.as_list(), self._events.as_list()
             self._dataset, self._events = Dataset(), Events()
@@ -377,6 +384,7 @@ class DataLogger:
                 self._events.append(event)
 
     def _keep(self, index: int, entries: List[DataEntry], events: List[Event]) -> None:
+        """Keep a failed writer's records for its next write, the newest ``max_backlog``."""
         excess = len(entries) + len(events) - self.max_backlog
         if excess > 0:
             entries = sorted(entries, key=lambda e: e.time_ns)
@@ -384,6 +392,70 @@ class DataLogger:
             cut = min(excess, len(entries))
             entries, events = entries[cut:], events[excess - cut:]
             self.dropped += excess
-            _log.warning("writer %r is failing: dropped the %d oldest records", self._db_writers[
-                index], excess)
+            _log.warning("writer %r is failing: dropped the %d oldest records",
+                         self._db_writers[index], excess)
         self._backlog[index] = (entries, events)
+
+
+class BlockMeasurer:
+    """The context manager returned by :meth:`DataLogger.measure_block`.
+
+    ``with datalogger.measure_block(m, f, tm) as block:`` - afterwards ``block.duration`` is
+    the time in seconds, ``block.start_time``/``block.end_time`` naive UTC datetimes. The
+    measurement, field and tags are checked when it is made, before the block runs.
+    """
+
+    def __init__(
+        self,
+        datalogger: DataLogger,
+        measurement: Measurement,
+        field: Field,
+        tags_map: TagValues | None = None,
+        event_tags: TagValues | None = None,
+        logger: logging.Logger | None = None,
+        log_lvl: int = logging.INFO,
+        log_start: str | None = None,
+        log_end: str | None = None,
+        *,
+        text: str | None = None,
+    ) -> None:
+        self._timer = datalogger._timer(measurement, field, tags_map, event_tags, text)
+        self.datalogger = datalogger
+        self.measurement = measurement
+        self.field = field
+        self.logger = logger
+        self.log_lvl = log_lvl
+        if logger is not None:
+            log_start = log_start or f"Starting block-measurement for {measurement}"
+            log_end = log_end or f"Stopping block-measurement for {measurement}"
+        self.log_start, self.log_end = log_start, log_end
+        self.duration: float | None = None
+
+    @property
+    def start_time(self) -> datetime.datetime | None:
+        """When the block began, a naive UTC datetime; None before it began."""
+        return self._timer.start_time
+
+    @property
+    def end_time(self) -> datetime.datetime | None:
+        """When the block ended, a naive UTC datetime; None before it ended."""
+        return self._timer.end_time
+
+    def __enter__(self) -> BlockMeasurer:
+        say(self.logger, self.log_lvl, self.log_start)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.duration = self._timer.stop()
+        say(self.logger, self.log_lvl, self.log_end)
+
+
+def _batch_of(entries: List[DataEntry], events: List[Event]) -> DataLogger:
+    """A plain DataLogger holding exactly these records: what writers and post-processors get."""
+    batch = DataLogger()  # not type(self): a subclass may need arguments
+    for entry in entries:
+        batch._dataset.append(entry)
+    for event in events:
+        batch._events.append(event)
+    return batch

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mqsync.errors import MqsyncError
 
 if TYPE_CHECKING:
-    from ._core import DatabaseWriter
+    from ._writer import DatabaseWriter
 
 
 class DataLoggerError(MqsyncError):
@@ -33,9 +34,10 @@ class WriteFailed(DataLoggerError):
     once; each failed writer keeps its batch and gets it again on the next ``write_data``.
     """
 
-    def __init__(self, failures: list[tuple[DatabaseWriter, BaseException]]):
-        self.failures = failures
-        details = "; ".join(f"{type(w).__name__}: {e!r}" for w, e in failures)
+    def __init__(self, failures: Sequence[tuple[DatabaseWriter, BaseException]]) -> None:
+        self.failures = list(failures)
+        details = "; ".join(f"{type(w).__name__}: {e!r}" for w, e in self.failures)
         super().__init__(
-            f"{len(failures)} writer(s) failed, their data is kept for the next write: {details}"
+            f"{len(self.failures)} writer(s) failed, their data is kept for the next write: "
+            f"{details}"
         )

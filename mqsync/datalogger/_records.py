@@ -42,9 +42,14 @@ def to_ns(value: TimeLike) -> int:
     )
 
 
+def utc_datetime(time_ns: int) -> datetime.datetime:
+    """Nanoseconds since the epoch as a naive UTC datetime (to the microsecond)."""
+    return _EPOCH + datetime.timedelta(microseconds=time_ns // 1000)
+
+
 def utc_string(time_ns: int) -> str:
     """The time as influxdb-datalogger 2.4 wrote it: ``str()`` of a naive UTC datetime."""
-    return str(_EPOCH + datetime.timedelta(microseconds=time_ns // 1000))
+    return str(utc_datetime(time_ns))
 
 
 def _plain(mapping: Mapping[Any, Any]) -> dict[str, Any]:
