@@ -7,6 +7,8 @@ from .errors import (
     ClientStopped,
     ConfigError,
     ConnectFailed,
+    HistoryError,
+    InvalidHistoryResponse,
     InvalidMessage,
     InvalidRequest,
     MqsyncError,
@@ -14,19 +16,18 @@ from .errors import (
     PublishFailed,
     RPCError,
     RPCTimeout,
+    SpoolError,
+    StateError,
+    StoreError,
+    StreamerError,
+    TooManyFailures,
+    TooMuchData,
+    UnknownFunction,
 )
-from .history import (
-    HistoryClient,
-    HistoryError,
-    HistoryRequestType,
-    HistoryResponse,
-    HistoryResponseType,
-    InvalidHistoryResponse,
-)
+from .history import HistoryClient, HistoryRequestType, HistoryResponse, HistoryResponseType
 from .interval_source import IntervalSource
 from .plugin import ConfigOption, PluginSource, SourceKind, hookimpl, load_plugins
 from .rpc import rpc_handler
-from .scheduler import TooManyFailures
 from .sink import DurableSink, Sink
 from .source import Source, SourceMetric
 from .subscription import Drain, Subscriber
@@ -61,6 +62,10 @@ __all__ = [
     "Sink",
     "Source",
     "SourceKind",
+    "SpoolError",
+    "StateError",
+    "StoreError",
+    "StreamerError",
     "SourceMetric",
     "Subscriber",
     "TimeAggregate",
@@ -68,6 +73,8 @@ __all__ = [
     "Timedelta",
     "Timestamp",
     "TooManyFailures",
+    "TooMuchData",
+    "UnknownFunction",
     "__version__",
     "hookimpl",
     "load_plugins",

@@ -58,3 +58,50 @@ class InvalidRequest(RPCError, ValueError):
     Raised by RPC handlers on input from the network: the caller gets the message as its
     error reply, and the responder logs one WARNING line without a traceback.
     """
+
+
+class UnknownFunction(RPCError, KeyError):
+    """No handler is registered for an RPC function."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class HistoryError(MqsyncError):
+    """A database answered a history request with an error."""
+
+
+class InvalidHistoryResponse(HistoryError, InvalidMessage):
+    """A history response is not what the request asked for, or inconsistent in itself."""
+
+
+class TooManyFailures(MqsyncError):
+    """``update()`` failed ``max_consecutive_failures`` times in a row.
+
+    Raised by :meth:`mqsync.scheduler.Scheduler.run`; the last error is the ``__cause__``.
+    ``failures`` is the length of the streak that ended the run.
+    """
+
+    def __init__(self, message: str, *, failures: int):
+        super().__init__(message)
+        self.failures = failures
+
+
+class StateError(MqsyncError):
+    """A state file could not be used and was not moved aside (e.g. a newer format)."""
+
+
+class SpoolError(MqsyncError):
+    """The spool cannot be used: closed, in use by another process, or a disk error."""
+
+
+class StreamerError(MqsyncError):
+    """The streamer's database cannot be used (closed, or a disk error)."""
+
+
+class StoreError(MqsyncError):
+    """The store cannot answer a request (bad arguments, a corrupt or foreign file)."""
+
+
+class TooMuchData(StoreError):
+    """A request would return more points or buckets than the store's limit allows."""

@@ -28,7 +28,12 @@ from ._proto import HistoryRequest
 from ._proto import HistoryResponse as _HistoryResponseMessage
 from .client import Client
 from .connection import IOThread
-from .errors import ClientStopped, InvalidMessage, MqsyncError, RPCTimeout
+from .errors import (
+    ClientStopped,
+    HistoryError,
+    InvalidHistoryResponse,
+    RPCTimeout,
+)
 from .names import HISTORY_EXCHANGE, check_metric_name, derive_address
 from .rpc import PendingCalls
 from .timeseries import DurationLike, TimeAggregate, Timedelta, Timestamp, TimeValue
@@ -44,14 +49,6 @@ __all__ = [
     "InvalidHistoryResponse",
     "encode_history_request",
 ]
-
-
-class HistoryError(MqsyncError):
-    """A database answered a history request with an error."""
-
-
-class InvalidHistoryResponse(HistoryError, InvalidMessage):
-    """A history response is not what the request asked for, or inconsistent in itself."""
 
 
 class HistoryRequestType(enum.IntEnum):

@@ -18,7 +18,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .errors import InvalidMessage, InvalidRequest, RPCError
+from .errors import InvalidMessage, InvalidRequest, RPCError, UnknownFunction
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,6 @@ def rpc_handler(*functions: str) -> Callable[[Callable[..., Any]], Callable[...,
         return method
 
     return decorate
-
-
-class UnknownFunction(RPCError, KeyError):
-    """No handler is registered for an RPC function."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class RPCDispatcher:

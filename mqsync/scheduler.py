@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 
 import attrs
 
-from .errors import MqsyncError
+from .errors import TooManyFailures
 from .timeseries import DurationLike, Timedelta
 
 __all__ = [
@@ -41,18 +41,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
-
-
-class TooManyFailures(MqsyncError):
-    """``update()`` failed ``max_consecutive_failures`` times in a row.
-
-    Raised by :meth:`Scheduler.run`; the last error is the ``__cause__``.
-    ``failures`` is the length of the streak that ended the run.
-    """
-
-    def __init__(self, message: str, *, failures: int):
-        super().__init__(message)
-        self.failures = failures
 
 
 class Clock(Protocol):

@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Iterator, Tuple, Union
 import attrs
 
 from mqsync._files import move_aside
-from mqsync.errors import ConfigError, MqsyncError
+from mqsync.errors import ConfigError, SpoolError
 
 __all__ = ["DEFAULT_MAX_BYTES", "Spool", "SpoolError", "SpooledChunk"]
 
@@ -66,10 +66,6 @@ _ID_BATCH = 500  # stays under SQLite's historical limit of 999 bound parameters
 _SYNCHRONOUS = ("NORMAL", "FULL")
 
 ChunkItem = Union[Tuple[str, bytes], Tuple[str, bytes, int]]
-
-
-class SpoolError(MqsyncError):
-    """The spool cannot be used: closed, in use by another process, or a disk error."""
 
 
 class _Damaged(Exception):

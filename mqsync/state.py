@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from mqsync._files import move_aside
-from mqsync.errors import MqsyncError
+from mqsync.errors import StateError
 from mqsync.timeseries import Timedelta, Timestamp
 
 __all__ = [
@@ -64,10 +64,6 @@ _TEMP_SUFFIX = ".tmp"
 # A temporary file left by a process killed mid-write is removed once it is this old.
 # A save takes milliseconds, so an older temporary file belongs to no live writer.
 _STALE_TEMP_SECONDS = 60.0
-
-
-class StateError(MqsyncError):
-    """A state file could not be used and was not moved aside (e.g. a newer format)."""
 
 
 def default_state_dir() -> Path:

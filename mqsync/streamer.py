@@ -65,7 +65,7 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence, Tuple, Union
 import attrs
 
 from mqsync._files import move_aside
-from mqsync.errors import ConfigError, MqsyncError
+from mqsync.errors import ConfigError, StreamerError
 
 __all__ = ["DataStreamer", "SqliteDataStreamer", "StreamMessage", "StreamStatus", "StreamerError"]
 
@@ -96,10 +96,6 @@ _SQL_TYPES = {
     "NUMERIC": "NUMERIC",
 }
 _PYTHON_TYPES = {bool: "INTEGER", int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}
-
-
-class StreamerError(MqsyncError):
-    """The streamer's database cannot be used (closed, or a disk error)."""
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+from ..errors import StoreError, TooMuchData
 from ._aggregates import (
     Accumulator,
     AggregateRow,
@@ -18,7 +19,7 @@ from ._aggregates import (
     spread,
     sum_of,
 )
-from ._schema import HELD, INT64_MAX, INT64_MIN, StoreError, TooMuchData
+from ._schema import HELD, INT64_MAX, INT64_MIN
 
 
 class QueryMixin:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Sequence
 
-from ..errors import ConfigError, MqsyncError
+from ..errors import ConfigError
 from ..source import TIME_LIMIT_NS
 from ._aggregates import sum_of
 
@@ -93,14 +93,6 @@ def migrate_from_1(connection: sqlite3.Connection) -> None:
             "UPDATE rollups SET integral = ? WHERE metric = ? AND width = ? AND start = ?",
             (sum_of(count, counted, integral), metric, width, start))
     connection.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
-
-
-class StoreError(MqsyncError):
-    """The store cannot answer a request (bad arguments, a corrupt or foreign file)."""
-
-
-class TooMuchData(StoreError):
-    """A request would return more points or buckets than the store's limit allows."""
 
 
 def check_widths(widths: Sequence[int]) -> tuple[int, ...]:

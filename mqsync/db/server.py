@@ -45,10 +45,10 @@ from .._worker import Worker
 from ..chunk import decode_chunk
 from ..client import Client
 from ..connection import IOThread
-from ..errors import ConfigError, InvalidMessage, RPCError
+from ..errors import ConfigError, InvalidMessage, RPCError, StoreError
 from ..names import check_metric_name, derive_address
 from ..rpc import rpc_handler
-from .store import AggregateRow, SqliteStore, StoreError
+from .store import AggregateRow, SqliteStore
 
 logger = logging.getLogger(__name__)
 

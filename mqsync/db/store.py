@@ -75,7 +75,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError, TooMuchData
 from ._aggregates import AggregateRow
 from ._ingest import IngestMixin, InsertResult
 from ._query import QueryMixin
@@ -83,8 +83,6 @@ from ._schema import (
     DEFAULT_ROLLUP_WIDTHS,
     SCHEMA,
     SCHEMA_VERSION,
-    StoreError,
-    TooMuchData,
     check_widths,
     migrate_from_1,
 )
