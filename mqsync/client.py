@@ -590,7 +590,7 @@ class Client(RPCDispatcher):
         except BaseException:
             self._pending.forget(correlation_id)
             raise
-        sent.add_done_callback(lambda done: _fail_with(reply, done))
+        self._pending.fail_unsent(reply, sent)
         try:
             return reply.result(timeout)
         except TimeoutError:
@@ -599,12 +599,6 @@ class Client(RPCDispatcher):
         finally:
             self._pending.forget(correlation_id)
 
-
-
-def _fail_with(reply: Future, sent: Future) -> None:
-    error = sent.exception()
-    if error is not None and not reply.done():
-        reply.set_exception(error)
 
 
 def _uuid_hex() -> str:

@@ -101,6 +101,11 @@ def time_left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
+def body_bytes(body: bytes | bytearray | memoryview | str) -> bytes:
+    """A message body as bytes (kombu hands over an empty body as ``""`` on some transports)."""
+    return body.encode("latin-1") if isinstance(body, str) else bytes(body)
+
+
 class _Tick:
     __slots__ = ("callback", "interval", "due")
 

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from ._proto import HistoryRequest
 from ._proto import HistoryResponse as _HistoryResponseMessage
 from .client import Client
-from .connection import IOThread
+from .connection import IOThread, body_bytes
 from .errors import (
     ClientStopped,
     HistoryError,
@@ -330,7 +330,7 @@ class HistoryClient(Client):
         end_time: Timestamp | int | None = None,
         interval_max: DurationLike | None = None,
         request_type: HistoryRequestType = HistoryRequestType.AGGREGATE_TIMELINE,
-        timeout: float = 60.0,
+        timeout: float | None = None,
     ) -> HistoryResponse:
         """Send one history request for ``metric`` and return the checked response.
 
@@ -340,14 +340,15 @@ class HistoryClient(Client):
 
         Raises:
             ValueError, TypeError: a bad metric name or argument.
-            RPCTimeout: no response within ``timeout`` seconds (no database keeps the
-                metric, or it is busy).
+            RPCTimeout: no response within ``timeout`` seconds (default: the client's
+                ``rpc_timeout``; no database keeps the metric, or it is busy).
             HistoryError: the database answered with an error.
             InvalidHistoryResponse: the response is malformed.
             ClientStopped, ConnectFailed: the client is not running.
         """
         check_metric_name(metric)
         body = encode_history_request(start_time, end_time, interval_max, request_type)
+        timeout = self.rpc_timeout if timeout is None else timeout
         self._check_running()
         history = self._history
         assert history is not None and self.history_queue is not None
@@ -358,7 +359,7 @@ class HistoryClient(Client):
             sent = history.publish(body, self.history_exchange, metric,
                                    correlation_id=correlation_id, reply_to=self.history_queue,
                                    app_id=self.token)
-            sent.add_done_callback(lambda done: _fail_with(reply, done))
+            self._requests.fail_unsent(reply, sent)
             try:
                 answer = reply.result(timeout)
             except TimeoutError:
@@ -369,7 +370,7 @@ class HistoryClient(Client):
         finally:
             self._requests.forget(correlation_id)
         try:
-            proto = _HistoryResponseMessage.FromString(_as_bytes(answer["body"]))
+            proto = _HistoryResponseMessage.FromString(body_bytes(answer["body"]))
         except DecodeError as error:
             raise InvalidHistoryResponse(f"history response for {metric!r} is not a "
                                          f"HistoryResponse: {error}") from None
@@ -384,7 +385,7 @@ class HistoryClient(Client):
 
     def history_aggregate(self, metric: str, start_time: Timestamp | int | None = None,
                           end_time: Timestamp | int | None = None,
-                          timeout: float = 60.0) -> TimeAggregate:
+                          timeout: float | None = None) -> TimeAggregate:
         """One aggregate of ``metric`` over ``(start_time, end_time]`` (None: unbounded).
 
         Raises:
@@ -404,7 +405,7 @@ class HistoryClient(Client):
                                    interval_max: DurationLike,
                                    start_time: Timestamp | int | None = None,
                                    end_time: Timestamp | int | None = None,
-                                   timeout: float = 60.0) -> list[TimeAggregate]:
+                                   timeout: float | None = None) -> list[TimeAggregate]:
         """Aggregates of consecutive periods, each at most ``interval_max`` long, that together
         cover ``start_time`` to ``end_time``.
 
@@ -421,7 +422,7 @@ class HistoryClient(Client):
         except ValueError:
             raise InvalidHistoryResponse("AGGREGATE_TIMELINE contains no aggregates") from None
 
-    def history_last_value(self, metric: str, timeout: float = 60.0) -> TimeValue | None:
+    def history_last_value(self, metric: str, timeout: float | None = None) -> TimeValue | None:
         """The latest stored point of ``metric``, or None if it has none.
 
         Raises:
@@ -439,7 +440,7 @@ class HistoryClient(Client):
 
     def history_raw_timeline(self, metric: str, start_time: Timestamp | int | None = None,
                              end_time: Timestamp | int | None = None,
-                             timeout: float = 60.0) -> list[TimeValue]:
+                             timeout: float | None = None) -> list[TimeValue]:
         """The raw points of ``metric`` from ``start_time`` to ``end_time`` (None: unbounded).
 
         Raises:
@@ -457,14 +458,3 @@ class HistoryClient(Client):
         """Like :meth:`Client.get_metrics`, but only historic metrics unless ``historic`` says
         otherwise (``None``: all)."""
         return super().get_metrics(selector, metadata=metadata, historic=historic, **kwargs)
-
-
-def _fail_with(reply: Any, sent: Any) -> None:
-    error = sent.exception()
-    if error is not None and not reply.done():
-        reply.set_exception(error)
-
-
-def _as_bytes(body: bytes | bytearray | memoryview | str) -> bytes:
-    # kombu hands over an empty body as "" on some transports
-    return body.encode("latin-1") if isinstance(body, str) else bytes(body)

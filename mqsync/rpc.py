@@ -196,6 +196,20 @@ class PendingCalls:
         callback(from_token, reply)
         return True
 
+    @staticmethod
+    def fail_unsent(reply: Future, sent: Future) -> None:
+        """Fail ``reply`` with the error of ``sent`` if the request never reached the broker.
+
+        ``sent`` is the future of the request's publish; without this a call whose request
+        was refused would wait for its whole timeout.
+        """
+        def settle(done: Future) -> None:
+            error = done.exception()
+            if error is not None and not reply.done():
+                reply.set_exception(error)
+
+        sent.add_done_callback(settle)
+
     def fail_all(self, error: BaseException) -> None:
         """Fail every waiting call (the client stops or lost its connection for good)."""
         with self._lock:

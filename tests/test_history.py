@@ -10,6 +10,7 @@ import math
 import random
 import sqlite3
 import struct
+from time import monotonic
 
 import pytest
 
@@ -641,6 +642,16 @@ def test_source_db_and_history_client_on_the_embedded_network(tmp_path, unique):
         with pytest.raises(mqsync.RPCTimeout, match="no response to the LAST_VALUE"):
             history.history_last_value(f"{metric}.missing", timeout=0.3)
         assert db.stats()["stored_points"] == len(points)
+
+
+def test_history_requests_wait_the_clients_rpc_timeout_by_default(unique):
+    """No database keeps the metric: the request gives up after ``rpc_timeout``."""
+    with HistoryClient(f"history-{unique}", rpc_timeout=0.4) as history:
+        started = monotonic()
+        with pytest.raises(mqsync.RPCTimeout, match="within 0.4 s"):
+            history.history_last_value(f"nobody.keeps.{unique}")
+        # the old fixed default was 60 s; the timeout, not a broken request, ended the wait
+        assert 0.4 <= monotonic() - started < 30
 
 
 def test_nan_and_infinities_through_source_db_and_history_client_on_the_embedded_network(

@@ -44,7 +44,7 @@ from .._proto import HistoryRequest, HistoryResponse
 from .._worker import Worker
 from ..chunk import decode_chunk
 from ..client import Client
-from ..connection import IOThread
+from ..connection import IOThread, body_bytes
 from ..errors import ConfigError, InvalidMessage, RPCError, StoreError
 from ..names import check_metric_name, derive_address
 from ..rpc import rpc_handler
@@ -342,7 +342,7 @@ class Db(Client):
         response = HistoryResponse(metric=metric)
         try:
             try:
-                request = HistoryRequest.FromString(_as_bytes(request_body))
+                request = HistoryRequest.FromString(body_bytes(request_body))
             except DecodeError as error:
                 raise StoreError(f"malformed history request: {error}") from None
             self._fill(response, metric, request)
