@@ -252,11 +252,15 @@ class Sink(Client):
 
 
 class DurableSink(Sink):
-    """A sink with a fixed token and a configuration from the manager (``sink.register``)."""
+    """A sink with a fixed token and a configuration from the manager (``sink.register``).
 
-    def __init__(self, token: str, url: str | None = None, **kwargs: Any):
-        kwargs.pop("add_uuid", None)
-        super().__init__(token, url, add_uuid=False, **kwargs)
+    ``add_uuid`` defaults to False: the manager keeps the configuration under the token as
+    written.  Other arguments are :class:`Sink`'s.
+    """
+
+    def __init__(self, token: str, url: str | None = None, *, add_uuid: bool = False,
+                 **kwargs: Any):
+        super().__init__(token, url, add_uuid=add_uuid, **kwargs)
 
     def _on_start(self) -> None:
         reply = self.rpc("sink.register")

@@ -13,7 +13,8 @@ gives a :class:`SourceMetric` whose ``send(time, value)`` skips the lookup by na
 fastest way to send one point at a time.  Every chunk is kept until the broker confirmed
 it (see :mod:`mqsync._delivery`); at most ``max_pending_chunks`` chunks wait for that,
 and beyond that ``send()`` blocks (back-pressure) for up to ``send_timeout`` seconds and
-then raises :class:`~mqsync.errors.PublishFailed`, keeping the points buffered.
+then raises :class:`~mqsync.errors.PublishFailed`: the points of that call are not
+accepted and nothing of them stays buffered, so calling ``send()`` again sends them once.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ class FaultProxy:
     Counters, for a test to assert that its fault really happened: :attr:`connections`
     (client connections forwarded), :attr:`cut_connections` (forwarded connections that
     :meth:`cut` or :meth:`refuse` dropped), :attr:`refused` (connections turned away
-    while refusing) and :attr:`pauses` (pauses made while trickling).  Only the proxy's
-    thread writes them."""
+    while refusing), :attr:`pauses` (pauses made while trickling) and :attr:`held` (reads
+    put off while holding).  Only the proxy's thread writes them."""
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672):
         self._target = (target_host, target_port)
@@ -36,11 +36,13 @@ class FaultProxy:
         self._cut_requested = False
         self._upstreams: set[socket.socket] = set()
         self._trickle: tuple[int, float] | None = None
+        self._holding = False
         self._stop = threading.Event()
         self.connections = 0
         self.cut_connections = 0
         self.refused = 0
         self.pauses = 0
+        self.held = 0
         self._thread = threading.Thread(target=self._run, name="test-fault-proxy", daemon=True)
         self._thread.start()
 
@@ -70,6 +72,17 @@ class FaultProxy:
         """From now on, pass the broker's bytes on ``size`` at a time, ``pause`` s apart."""
         with self._lock:
             self._trickle = (size, pause)
+
+    def hold(self) -> None:
+        """Stop passing the broker's bytes on (they wait in the socket) until :meth:`release`.
+
+        Nothing is lost or cut: the client just hears nothing, not even confirms."""
+        with self._lock:
+            self._holding = True
+
+    def release(self) -> None:
+        with self._lock:
+            self._holding = False
 
     def close(self) -> None:
         self._stop.set()
@@ -116,6 +129,12 @@ class FaultProxy:
     def _pump(self, sock: socket.socket) -> None:
         other = self._peers.get(sock)
         if other is None:
+            return
+        with self._lock:
+            holding = self._holding and sock in self._upstreams
+        if holding:
+            self.held += 1
+            time.sleep(0.01)  # the bytes stay in the socket; look again soon
             return
         try:
             data = sock.recv(65536)

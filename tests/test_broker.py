@@ -69,6 +69,16 @@ def test_configuration_comes_from_the_manager(manager, unique):
         assert sink.config == {"threshold": 7}
 
 
+def test_a_durable_sink_keeps_its_token_unless_asked_for_a_uuid(unique):
+    class Durable(mqsync.DurableSink):
+        def on_data(self, metric, timestamp, value):
+            pass
+
+    assert Durable(f"sink-durable-{unique}").token == f"sink-durable-{unique}"
+    token = Durable(f"sink-durable-{unique}", add_uuid=True).token
+    assert token.startswith(f"sink-durable-{unique}.") and len(token.rpartition(".")[2]) == 32
+
+
 def test_malformed_data_is_dropped_not_requeued(manager, unique):
     metric = f"test.{unique}.poison"
     with mqsync.Source(f"source-{unique}", manager.url) as source, \

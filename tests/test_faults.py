@@ -137,6 +137,30 @@ def test_sink_survives_a_cut_of_its_own_connection(manager, proxy, unique):
     print(f"sink cut: sent {N // 2}, received {sink.count(metric)}, duplicates {duplicates}")
 
 
+def test_a_send_refused_for_back_pressure_is_retried_without_a_duplicate(manager, proxy,
+                                                                          unique):
+    """send() that timed out waiting for confirms kept nothing: its retry sends the point once."""
+    metric = f"test.{unique}.retry"
+    with RecordingSink(f"sink-{unique}", manager.url) as sink, \
+            mqsync.Source(f"source-{unique}", proxy.url(manager.url), chunk_size=1,
+                          max_pending_chunks=1, send_timeout=0.3) as source:
+        sink.subscribe([metric])
+        source.send(metric, T0, 0.0)
+        source.flush(30)
+        proxy.hold()  # no confirm comes back
+        source.send(metric, T0 + 1, 1.0)  # the one chunk allowed to wait for its confirm
+        with pytest.raises(mqsync.PublishFailed, match="1 point\\(s\\) .* not accepted"):
+            source.send(metric, T0 + 2, 2.0)
+        assert proxy.held > 0, "the proxy held nothing back"
+        proxy.release()
+        source.send(metric, T0 + 2, 2.0)  # the natural retry
+        source.flush(30)
+        assert wait_until(lambda: len(sink.points) >= 3, 30)
+        time.sleep(0.3)  # a duplicate would arrive right behind
+        assert sorted(t for m, t, _ in sink.points if m == metric) == [T0, T0 + 1, T0 + 2]
+        assert source.stats()["lost_points"] == 0
+
+
 def test_kill_9_of_a_spooling_source_loses_nothing(manager, unique, tmp_path):
     metric = f"fault.{unique}.kill"
     count = 60_000  # 600 chunks, about 3 s per uninterrupted run
