@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Callable, List, Sequence, TypeVar
+from typing import Any, Callable, List, Sequence, TypeVar, overload
 
 from ._arguments import (
     TagValues,
@@ -22,6 +22,7 @@ from ._arguments import (
     event_tag_values,
     require_field,
     require_measurement,
+    resolve_log_call,
 )
 from ._errors import InvalidMeasurement, WriteFailed
 from ._measure import Timer, say
@@ -34,7 +35,6 @@ __all__ = ["BlockMeasurer", "DataLogger", "PostProcessing"]
 _log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_UNSET: Any = object()
 
 
 class PostProcessing:
@@ -130,49 +130,46 @@ class DataLogger:
 
     # -- logging -------------------------------------------------------------------------------
 
+    @overload
     def log(
         self,
         measurement: Measurement,
-        field: Any = None,
-        value: Any = _UNSET,
-        tag_map: Mapping[Any, Any] | None = None,
+        field: str,
+        value: Any,
+        tag_map: TagValues | None = None,
         time: TimeLike = None,
         *,
-        fields_map: Mapping[Any, Any] | None = None,
-        tags_map: Mapping[Any, Any] | None = None,
-    ) -> None:
-        """Log one entry now (or at ``time``).
+        tags_map: TagValues | None = None,
+    ) -> None: ...
 
-        Two forms: ``log(measurement, field, value, tag_map)`` for one value, and the
-        influxdb-datalogger 2.4 form ``log(measurement, fields_map, tags_map, time)`` with a
-        FieldMap. Raises InvalidMeasurement if the entry does not fit the measurement (nothing
-        is logged then), TypeError for arguments of the wrong kind.
+    @overload
+    def log(
+        self,
+        measurement: Measurement,
+        fields_map: Mapping[Any, Any],
+        tags_map: TagValues | None = None,
+        time: TimeLike = None,
+        *,
+        tag_map: TagValues | None = None,
+    ) -> None: ...
+
+    def log(self, measurement: Measurement, *args: Any, **kwargs: Any) -> None:
+        """Log one entry now (or at ``time``). Two forms, told apart by the second argument:
+
+        - ``log(measurement, field, value, tag_map=None, time=None)``: one field's value;
+        - ``log(measurement, fields_map, tags_map=None, time=None)``, as in
+          influxdb-datalogger 2.4: a FieldMap (any mapping) of values.
+
+        Either form takes its tags as ``tag_map=`` or ``tags_map=``. ``time`` is a datetime
+        (naive means UTC), int nanoseconds since the epoch, or a Timestamp. Raises
+        InvalidMeasurement if the entry does not fit the measurement (nothing is logged
+        then), TypeError for arguments that fit neither form.
         """
-        if fields_map is not None:
-            if field is not None:
-                raise TypeError("log() got both field and fields_map")
-            field = fields_map
-        if isinstance(field, Mapping):
-            fields = field
-            if value is not _UNSET:  # positional 2.4 call: log(measurement, fields, tags, time)
-                if tag_map is not None:
-                    if time is not None:
-                        raise TypeError("log() got time twice")
-                    time = tag_map  # type: ignore[assignment]
-                tag_map = value
-        elif isinstance(field, str):
-            if value is _UNSET:
-                raise TypeError(f"log({str(measurement)!r}, {str(field)!r}) needs a value")
-            fields = {field: value}
-        else:
-            raise TypeError(
-                f"log() needs a Field and a value, or a FieldMap; got field={field!r}"
-            )
         measurement = require_measurement(measurement)
-        tags = measurement.resolve_tags(either_tag_map(tag_map, tags_map))
-        resolved = measurement.resolve_fields(fields)
-        entry = DataEntry(measurement, resolved, tags, time=None if time is None else to_ns(time))
-        self._record(entry, None)
+        call = resolve_log_call(args, kwargs)
+        tags = measurement.resolve_tags(call.tag_map)
+        fields = measurement.resolve_fields(call.fields)
+        self._record(DataEntry(measurement, fields, tags, time=to_ns(call.time)), None)
 
     def log_event(
         self,
