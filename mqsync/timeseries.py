@@ -22,7 +22,7 @@ import re
 import time
 from decimal import Decimal
 from fractions import Fraction
-from typing import Iterator, Union, overload
+from typing import Iterator, TypeGuard, Union, overload
 
 import attrs
 
@@ -102,6 +102,8 @@ _EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 _Number = Union[int, float, Decimal, Fraction]
+# datetime.timedelta under a name that Timestamp's ``datetime`` property does not hide
+_StdTimedelta = datetime.timedelta
 
 #: What :meth:`Timedelta.coerce` accepts for a duration argument: a Timedelta, a
 #: datetime.timedelta, a string with a unit (``"10s"``) or a number of seconds.
@@ -130,7 +132,7 @@ def _given(value: object) -> str:
     return f"{value!r} s"
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[_Number]:
     return isinstance(value, (numbers.Real, Decimal)) and not isinstance(value, bool)
 
 
@@ -791,7 +793,7 @@ class Timestamp:
 
     # -- arithmetic -----------------------------------------------------------------------
 
-    def __add__(self, delta: Timedelta | datetime.timedelta) -> Timestamp:
+    def __add__(self, delta: Timedelta | _StdTimedelta) -> Timestamp:
         delta_ns = _other_ns(delta)
         return NotImplemented if delta_ns is None else Timestamp(self.posix_ns + delta_ns)
 
@@ -801,15 +803,15 @@ class Timestamp:
     def __sub__(self, other: Timestamp) -> Timedelta: ...
 
     @overload
-    def __sub__(self, other: Timedelta | datetime.timedelta) -> Timestamp: ...
+    def __sub__(self, other: Timedelta | _StdTimedelta) -> Timestamp: ...
 
-    def __sub__(self, other: Timestamp | Timedelta | datetime.timedelta) -> Timedelta | Timestamp:
+    def __sub__(self, other: Timestamp | Timedelta | _StdTimedelta) -> Timedelta | Timestamp:
         if isinstance(other, Timestamp):
             return Timedelta(self.posix_ns - other.posix_ns)
         delta_ns = _other_ns(other)
         return NotImplemented if delta_ns is None else Timestamp(self.posix_ns - delta_ns)
 
-    def __mod__(self, interval: Timedelta | datetime.timedelta) -> Timedelta:
+    def __mod__(self, interval: Timedelta | _StdTimedelta) -> Timedelta:
         """Time since the last multiple of *interval* after the epoch (for aligning ticks)."""
         interval_ns = _other_ns(interval)
         return NotImplemented if interval_ns is None else Timedelta(self.posix_ns % interval_ns)
@@ -833,7 +835,7 @@ def _count_int(value: object) -> int:
     return int(value)
 
 
-def _check_active_time(_instance: object, _attribute: object, value: object) -> None:
+def _check_active_time(_instance: object, _attribute: object, value: Timedelta) -> None:
     if not isinstance(value, Timedelta):
         raise TypeError(
             f"active_time must be a Timedelta, got {_describe(value)}; "
