@@ -72,8 +72,26 @@ class IntervalSource(Source):
         """Override: measure and :meth:`send`; called once per period."""
         raise NotImplementedError(f"{type(self).__name__} must override update()")
 
+    def stats(self) -> dict[str, int]:
+        """Counters of :meth:`Source.stats <mqsync.Source.stats>`, plus the schedule's:
+        ``updates`` (begun), ``update_failures``, ``consecutive_update_failures`` (the current
+        streak), ``missed_slots``, ``overruns`` (events that skipped slots) and, once an update
+        ran, ``last_lateness_ns``."""
+        counters = super().stats()
+        schedule = self._scheduler.stats()
+        counters.update(
+            updates=schedule.updates,
+            update_failures=schedule.failures,
+            consecutive_update_failures=schedule.consecutive_failures,
+            missed_slots=schedule.missed_slots,
+            overruns=schedule.overruns,
+        )
+        if schedule.last_lateness_ns is not None:
+            counters["last_lateness_ns"] = schedule.last_lateness_ns
+        return counters
+
     def schedule_stats(self) -> SchedulerStats:
-        """Updates run, failed and slots missed so far."""
+        """The schedule's counters as one object (the same figures are in :meth:`stats`)."""
         return self._scheduler.stats()
 
     def task(self) -> None:

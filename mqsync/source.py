@@ -405,6 +405,14 @@ class Source(Client):
             raise PublishFailed(f"{self.token}: {missing} chunk(s) not confirmed by the broker "
                                 f"within {timeout:g} s")
 
+    def stats(self) -> dict[str, int]:
+        """Counters of :meth:`Client.stats <mqsync.Client.stats>`, plus ``sent_points`` and
+        ``sent_chunks`` (confirmed by the broker so far)."""
+        counters = super().stats()
+        counters["sent_points"] = self.sent_points
+        counters["sent_chunks"] = self.sent_chunks
+        return counters
+
     @property
     def sent_points(self) -> int:
         """Points the broker confirmed so far (all published ones, without confirms)."""

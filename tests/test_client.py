@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 import mqsync
 from mqsync.names import derive_address
+from tests._support import wait_until
 
 
 class Echo(mqsync.Client):
@@ -186,3 +188,45 @@ def test_the_readme_printer_ends_quietly_on_ctrl_c(manager, tmp_path):
         process.wait()
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_every_client_reports_its_counters_in_one_shape(unique, tmp_path):
+    """stats() is a dict of int counters on every client; roles add theirs to the base's."""
+    from mqsync.db import Db
+
+    class Ticking(mqsync.IntervalSource):
+        def update(self):
+            self.send(f"tick.{unique}", mqsync.Timestamp.now(), 1.0)
+
+    class Quiet(mqsync.Sink):
+        def on_data(self, metric, timestamp, value):
+            pass
+
+    base = {"lost_points", "reconnects", "refused_messages", "rpc_handler_errors",
+            "unmatched_replies"}
+    extra = {
+        mqsync.Client: set(),
+        mqsync.Source: {"sent_points", "sent_chunks"},
+        Ticking: {"sent_points", "sent_chunks", "updates", "update_failures",
+                  "consecutive_update_failures", "missed_slots", "overruns"},
+        Quiet: set(),
+        mqsync.HistoryClient: {"unmatched_history_responses"},
+        Db: set(),
+    }
+    for kind, keys in extra.items():
+        kwargs = {"period": 0.01} if kind is Ticking else {}
+        if kind is Db:
+            kwargs = {"database": tmp_path / "stats.db"}
+        with kind(f"{kind.__name__.lower()}-{unique}", **kwargs) as client:
+            if kind is Ticking:
+                assert wait_until(lambda c=client: c.stats()["updates"] >= 2)
+            stats = client.stats()
+            assert isinstance(stats, dict)
+            assert all(isinstance(k, str) and type(v) is int for k, v in stats.items()), stats
+            assert base | keys <= stats.keys(), (kind, base | keys - stats.keys())
+    # the schedule's figures are the same in both views
+    with Ticking(f"ticking-{unique}", period=0.01) as source:
+        assert wait_until(lambda: source.stats()["updates"] >= 3)
+        source.period = None
+        time.sleep(0.05)
+        assert source.stats()["updates"] == source.schedule_stats().updates

@@ -280,15 +280,13 @@ def _startup_line(source: Any, args: argparse.Namespace) -> str:
 def _status_line(source: Any, last_points: int) -> tuple[str, int]:
     """One line of counters, and the points sent so far (for the next line's increase)."""
     stats = source.stats()
-    points = source.sent_points
-    parts = [f"status: {points} points in {source.sent_chunks} chunks sent "
+    points = stats["sent_points"]
+    parts = [f"status: {points} points in {stats['sent_chunks']} chunks sent "
              f"(+{points - last_points})"]
-    schedule = getattr(source, "schedule_stats", None)
-    if schedule is not None:
-        counters = schedule()
+    if "updates" in stats:
         parts.append(
-            f"{counters.updates} updates ({counters.failures} failed, "
-            f"{counters.missed_slots} slots missed)"
+            f"{stats['updates']} updates ({stats['update_failures']} failed, "
+            f"{stats['missed_slots']} slots missed)"
         )
     parts.append(f"{stats.get('reconnects', 0)} reconnects")
     parts.append(f"{stats.get('lost_points', 0)} points lost")
