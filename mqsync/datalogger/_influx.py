@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ._core import DataLogger
@@ -103,7 +104,8 @@ class LineProtocolFileWriter(DatabaseWriter):
         self.events_measurement = events_measurement
 
     @property
-    def path(self):
+    def path(self) -> Path:
+        """The file written to."""
         return self._file.path
 
     def write_data(self, datalogger: DataLogger) -> None:

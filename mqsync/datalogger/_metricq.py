@@ -33,7 +33,8 @@ import numbers
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Dict, Tuple
 
 from ._core import DataLogger
 from ._errors import MetricNameCollision
@@ -47,6 +48,10 @@ _NOT_IN_SEGMENT = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_NAME_BYTES = 255
 
 MetricNamer = Callable[[Measurement, Any, Mapping[Any, Any]], str]
+TagItems = Tuple[Tuple[str, str], ...]
+# the series a metric carries: ("data", measurement, field, tags) or ("event", measurement, tags)
+Origin = Tuple[Any, ...]
+Metadata = Dict[str, Any]
 
 
 def _segment(value: Any) -> str:
@@ -105,7 +110,7 @@ class MetricQWriter(DatabaseWriter):
         self.dropped_points = 0
         self.skipped_values = 0
         self._lock = threading.Lock()
-        self._origins: dict[str, tuple] = {}  # declared metric -> the series it carries
+        self._origins: dict[str, Origin] = {}  # declared metric -> the series it carries
         self._last_ns: dict[str, int] = {}  # metric -> time of the last point sent
 
     def metric_for(self, measurement: Measurement, field: Any, tags: Mapping[Any, Any]) -> str:
@@ -128,7 +133,7 @@ class MetricQWriter(DatabaseWriter):
         from mqsync.timeseries import Timestamp  # imported late: optional for everything else
 
         with self._lock:
-            new: dict[str, tuple[tuple, dict[str, Any]]] = {}
+            new: dict[str, tuple[Origin, Metadata]] = {}
             points: dict[str, list[tuple[int, float]]] = {}
             skipped = 0
             for entry in datalogger.dataset:
@@ -138,14 +143,15 @@ class MetricQWriter(DatabaseWriter):
                         skipped += 1
                         continue
                     name = self.metric_for(entry.measurement, field, entry.tags)
-                    origin = ("data", str(entry.measurement), str(field), _tag_items(entry.tags))
-                    self._claim(name, origin, new, lambda e=entry, f=field: _data_meta(e, f))
+                    origin: Origin = ("data", str(entry.measurement), str(field),
+                                      _tag_items(entry.tags))
+                    self._claim(name, origin, new, partial(_data_meta, entry, field))
                     points.setdefault(name, []).append((entry.time_ns, number))
             intervals: dict[str, list[tuple[int, int]]] = {}
             for event in datalogger.events if self.events else ():
                 name = self.event_metric_for(event.measurement, event.tags_map)
                 origin = ("event", str(event.measurement), _tag_items(event.tags_map))
-                self._claim(name, origin, new, lambda e=event: _event_meta(e))
+                self._claim(name, origin, new, partial(_event_meta, event))
                 intervals.setdefault(name, []).append((event.start_ns, event.stop_ns))
             if skipped:
                 self.skipped_values += skipped
@@ -154,8 +160,8 @@ class MetricQWriter(DatabaseWriter):
             if new:
                 self.source.declare_metrics({name: meta for name, (_, meta) in new.items()})
                 self._origins.update({name: origin for name, (origin, _) in new.items()})
-            for name, series in intervals.items():
-                points.setdefault(name, []).extend(self._state_points(name, series))
+            for name, spans in intervals.items():
+                points.setdefault(name, []).extend(self._state_points(name, spans))
             dropped = 0
             for name, series in points.items():
                 series.sort(key=lambda point: point[0])
@@ -171,7 +177,8 @@ class MetricQWriter(DatabaseWriter):
                              dropped)
             self.source.flush(timeout=self.flush_timeout)
 
-    def _claim(self, name: str, origin: tuple, new: dict, meta: Callable[[], dict]) -> None:
+    def _claim(self, name: str, origin: Origin, new: dict[str, tuple[Origin, Metadata]],
+               meta: Callable[[], Metadata]) -> None:
         known = self._origins.get(name) or (new[name][0] if name in new else None)
         if known is None:
             new[name] = (origin, meta())
@@ -188,7 +195,7 @@ class MetricQWriter(DatabaseWriter):
                 merged[-1][1] = max(merged[-1][1], stop)
             else:
                 merged.append([start, stop])
-        result = []
+        result: list[tuple[int, float]] = []
         last = self._last_ns.get(name, -1)
         for start, stop in merged:
             if stop <= last:
@@ -204,11 +211,11 @@ class MetricQWriter(DatabaseWriter):
         return f"MetricQWriter(prefix={self.prefix!r})"
 
 
-def _tag_items(tags: Mapping[Any, Any]) -> tuple:
+def _tag_items(tags: Mapping[Any, Any]) -> TagItems:
     return tuple(sorted((str(k), str(v)) for k, v in tags.items()))
 
 
-def _describe(origin: tuple) -> str:
+def _describe(origin: Origin) -> str:
     if origin[0] == "event":
         return f"events of {origin[1]!r} with tags {dict(origin[2])}"
     return f"field {origin[2]!r} of {origin[1]!r} with tags {dict(origin[3])}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable, ClassVar, Tuple, Union
+from typing import Any, Callable, ClassVar, Tuple, TypeVar, Union
 
 import attrs
 
@@ -27,6 +27,9 @@ def _short_repr(obj: Any) -> str:
                 value = [str(v) for v in value]  # a measurement's fields and tags by name
             parts.append(f"{attribute.name}={value!r}")
     return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+_PLAIN_NUMBERS: frozenset[type] = frozenset({int, float})
 
 
 def _check_name(kind: str, name: object) -> None:
@@ -85,9 +88,10 @@ class Field(str):
                 f"field {self.name!r} of measurement {measurement!r} needs a number (int or "
                 f"float), got {value!r} ({type(value).__name__})"
             )
-        if type(value) not in (int, float):  # numpy scalars and the like: plain Python numbers
-            value = int(value) if isinstance(value, numbers.Integral) else float(value)
-        return value
+        if type(value) in _PLAIN_NUMBERS:
+            return value
+        # numpy scalars, Fractions and the like become plain Python numbers
+        return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 @attrs.frozen(init=False, eq=False, slots=False, repr=False)
@@ -129,10 +133,11 @@ class Tag(str):
 
 
 _Key = Union[Field, Tag]
+_Map = TypeVar("_Map", bound="_ValueMap")
 
 
 @attrs.frozen(init=False, eq=False, repr=False)
-class _ValueMap(Mapping):
+class _ValueMap(Mapping[Any, Any]):
     """An immutable mapping from Field or Tag to a value, in insertion order.
 
     Plain strings are accepted as keys and turned into the map's key type. Looking up works by
@@ -140,10 +145,10 @@ class _ValueMap(Mapping):
     """
 
     key_type: ClassVar[type] = str
-    _data: dict  # private and never handed out, so the map stays immutable
+    _data: dict[Any, Any]  # private and never handed out, so the map stays immutable
 
     def __init__(self, items: Union[Mapping[Any, Any], Iterable[Tuple[Any, Any]], None] = None):
-        data: dict = {}
+        data: dict[Any, Any] = {}
         pairs = items.items() if isinstance(items, Mapping) else (items or ())
         for key, value in pairs:
             data[self._key(key, value)] = value
@@ -166,7 +171,7 @@ class _ValueMap(Mapping):
         return cls.key_type(key)
 
     @classmethod
-    def build(cls, *items: Any):
+    def build(cls: type[_Map], *items: Any) -> _Map:
         """Build the map from alternating keys and values: ``build(tag1, v1, tag2, v2)``."""
         if len(items) % 2:
             raise InvalidMeasurement(
@@ -195,13 +200,13 @@ class _ValueMap(Mapping):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({ {str(k): v for k, v in self._data.items()} !r})"
 
-    def __or__(self, other: Mapping[Any, Any]):
+    def __or__(self: _Map, other: Mapping[Any, Any]) -> _Map:
         """A new map with the items of both; ``other`` wins on equal keys."""
         if not isinstance(other, Mapping):
             return NotImplemented
         return type(self)([*self._data.items(), *other.items()])
 
-    def copy(self):
+    def copy(self: _Map) -> _Map:
         """Return the map itself: it cannot change."""
         return self
 

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import datetime
 import time as _time
-from typing import Any, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Protocol, TypeVar, Union
 
 from ._model import Measurement
 
 _EPOCH = datetime.datetime(1970, 1, 1)
 
-TimeLike = Union[datetime.datetime, int, None]
+
+
+class HasPosixNs(Protocol):
+    """A point in time with integer nanoseconds since the epoch: an mqsync ``Timestamp``."""
+
+    @property
+    def posix_ns(self) -> int: ...
+
+
+TimeLike = Union[datetime.datetime, int, HasPosixNs, None]
+"""A time given to ``log`` or ``log_event``; None means now."""
 
 
 def to_ns(value: TimeLike) -> int:
@@ -56,7 +66,7 @@ def _plain(mapping: Mapping[Any, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in mapping.items()}
 
 
-class DataEntry(dict):
+class DataEntry(Dict[str, Any]):
     """One logged entry: keys ``measurement``, ``fields``, ``tags``, ``time`` (UTC string).
 
     ``fields`` and ``tags`` are plain dicts keyed by the measurement's Field and Tag objects
@@ -91,7 +101,7 @@ class DataEntry(dict):
                 f"tags={_plain(self.tags)!r}, time={self.time!r})")
 
 
-class Event(dict):
+class Event(Dict[str, Any]):
     """A span of time something ran, for event markers (Grafana annotations and the like).
 
     Keys ``measurement``, ``start``, ``stop`` (float seconds since the epoch) and ``tags_map``
@@ -149,16 +159,22 @@ class Event(dict):
                 f"tags_map={_plain(self.tags_map)!r}, text={self.text!r})")
 
 
-class _Grouped(dict):
+_Record = TypeVar("_Record", bound=Dict[str, Any])
+
+
+class _Grouped(Dict[Measurement, List[_Record]]):
     """Records grouped by measurement, in the order the measurements first appeared."""
 
-    def append(self, record: dict) -> None:
+    def append(self, record: _Record) -> None:
+        """Add ``record`` after the others of its measurement."""
         self.setdefault(record["measurement"], []).append(record)
 
-    def get_entries_for_measurement(self, measurement: Measurement) -> List[Any] | None:
+    def get_entries_for_measurement(self, measurement: Measurement) -> List[_Record] | None:
+        """The records of ``measurement``; None if it has none."""
         return self.get(measurement)
 
-    def as_list(self) -> List[Any]:
+    def as_list(self) -> List[_Record]:
+        """All records, grouped by measurement."""
         return [record for records in self.values() for record in records]
 
     def count(self) -> int:
@@ -166,7 +182,7 @@ class _Grouped(dict):
         return sum(len(records) for records in self.values())
 
 
-class Dataset(_Grouped):
+class Dataset(_Grouped[DataEntry]):
     """Measurement -> the DataEntry records logged for it."""
 
     def log(
@@ -180,7 +196,7 @@ class Dataset(_Grouped):
         self.append(DataEntry(measurement, fields_map, tags_map, time=time))
 
 
-class Events(_Grouped):
+class Events(_Grouped[Event]):
     """Measurement -> the Event records logged for it."""
 
     def log(
