@@ -47,7 +47,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterable, TextIO, cast
 from urllib.parse import unquote, urlsplit
 
 from ..config import read_config_file
@@ -223,7 +223,9 @@ class _Setting:
                 if not isinstance(value, str):
                     raise TypeError(f"expected a string, got {type(value).__name__}")
             elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                value = self.action.type(value)
+                # argparse's type converts the command line's str; this module's types (int,
+                # float, duration_argument) take the config file's numbers as well
+                value = cast(Callable[[Any], Any], self.action.type)(value)
             else:
                 raise TypeError(f"expected a string or a number, got {type(value).__name__}")
         except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
@@ -331,19 +333,25 @@ class CommandParser(argparse.ArgumentParser):
         return action
 
     def parse_known_args(
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        """argparse's parsing, then the settings resolved into the namespace (any object
+        that takes attributes, as for argparse; a new :class:`argparse.Namespace` if None).
+
+        Exits with a usage error when a setting is invalid or no broker URL is set, and
+        with 0 after ``--show-config`` printed the settings.
+        """
+        parsed, extras = super().parse_known_args(args, namespace)
         try:
-            self._resolve(namespace)
+            self._resolve(parsed)
         except ConfigError as error:
             self.error(str(error))
-        if namespace.show_config:
-            self._show_config(namespace)
+        if parsed.show_config:
+            self._show_config(parsed)
             self.exit(EXIT_OK)
-        if self.url_required and not namespace.url:
+        if self.url_required and not parsed.url:
             self.error("no broker URL: give --url, set $MQSYNC_URL, or put url in the config file")
-        return namespace, extras
+        return parsed, extras
 
     # -- resolution ----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypeGuard
 
 import attrs
 
@@ -121,7 +121,8 @@ def expected_interval(metadata: Mapping[str, Any]) -> float | None:
     return interval
 
 
-def _positive_number(value: Any) -> bool:
+def _positive_number(value: Any) -> TypeGuard[float]:
+    """Whether ``value`` is a finite int or float above 0 (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value) and value > 0
 
@@ -229,8 +230,9 @@ def history_last_values(token: str, url: str, metrics: Iterable[str],
     from ..history import HistoryClient
 
     result: dict[str, tuple[int, float] | None] = {}
-    with HistoryClient(token, url, add_uuid=True, connect_timeout=CONNECT_TIMEOUT,
-                       rpc_timeout=timeout) as client:
+    client = HistoryClient(token, url, add_uuid=True, connect_timeout=CONNECT_TIMEOUT,
+                           rpc_timeout=timeout)
+    with client:
         for metric in metrics:
             last = client.history_last_value(metric, timeout=timeout)
             result[metric] = None if last is None else (last.timestamp.posix_ns,

@@ -240,7 +240,8 @@ def _serve(
     """Until a signal, a closed stdout or a failure: subscribe the printer to new metrics
     and print a status line every ``status_interval`` seconds."""
     known = set(source.metrics()) if printer is not None else set()
-    next_status = time.monotonic() + status_interval if status_interval else None
+    every = status_interval or 0.0  # 0: no status lines
+    next_status = time.monotonic() + every if every else None
     last_points = 0
     while True:
         wait = 0.5
@@ -253,7 +254,7 @@ def _serve(
             line, last_points = _status_line(source, last_points)
             print(f"mqsync-source: {line}", file=sys.stderr, flush=True)
             while next_status <= time.monotonic():  # never a burst after a stall
-                next_status += status_interval
+                next_status += every
         if printer is not None:
             current = set(source.metrics())
             if current - known:
