@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 from . import network
 from ._log import Throttled
@@ -65,6 +65,12 @@ class Client(RPCDispatcher):
         heartbeat: AMQP heartbeat interval in seconds.
         reconnect_timeout: seconds without a connection after which the client gives up
             and stops with :class:`~mqsync.errors.ConnectFailed`.
+        serialize_callbacks: run this client's callbacks one at a time (the default): RPC
+            handlers (``config`` among them), :meth:`IntervalSource.update
+            <mqsync.IntervalSource.update>` and a Sink's ``on_chunk``/``on_data``/``on_end``
+            hold :attr:`callback_lock` while they run, so a configuration never changes in
+            the middle of an update, as on the official client's single event loop.
+            ``False`` lets them run at the same time, on their own threads.
 
     Use it as a context manager (``with Client(...) as client:``), or call :meth:`start`
     and :meth:`stop`, or :meth:`run` to serve until SIGINT/SIGTERM.
@@ -84,6 +90,7 @@ class Client(RPCDispatcher):
         heartbeat: float = 20.0,
         reconnect_timeout: float = 60.0,
         client_version: str | None = None,
+        serialize_callbacks: bool = True,
     ):
         if not isinstance(token, str) or not token or any(c.isspace() for c in token):
             raise ValueError(f"invalid token {token!r}: must be a non-empty string without "
@@ -104,6 +111,12 @@ class Client(RPCDispatcher):
         #: The configuration received last (``config`` RPC or registration), without
         #: ``from_token``.
         self.config: dict[str, Any] = {}
+        #: Held while mqsync runs one of this client's callbacks (unless the client was made
+        #: with ``serialize_callbacks=False``).  Reentrant.  A :meth:`Source.task
+        #: <mqsync.Source.task>` runs for the client's whole life and so outside it: hold
+        #: it (``with self.callback_lock:``) around each step that reads the configuration.
+        self.callback_lock = threading.RLock()
+        self.serialize_callbacks = bool(serialize_callbacks)
         self._pending = PendingCalls(self.token)
         self._management: IOThread | None = None
         self._rpc_worker = Worker(f"mqsync-{self.token}-rpc", threads=self.rpc_workers)
@@ -148,6 +161,10 @@ class Client(RPCDispatcher):
     def _connected(self) -> bool:
         """Whether RPCs can be made now: running, or registering inside :meth:`start`."""
         return self._state in ("starting", "running") and not self._stop_requested
+
+    def _callbacks_serialized(self) -> ContextManager[Any]:
+        """The context a callback runs in: :attr:`callback_lock`, or nothing if opted out."""
+        return self.callback_lock if self.serialize_callbacks else contextlib.nullcontext()
 
     # -- counters ------------------------------------------------------------------
 

@@ -69,7 +69,11 @@ class IntervalSource(Source):
         self._scheduler.period = value
 
     def update(self) -> None:
-        """Override: measure and :meth:`send`; called once per period."""
+        """Override: measure and :meth:`send`; called once per period.
+
+        It holds :attr:`~mqsync.Client.callback_lock` while it runs (unless the source was
+        made with ``serialize_callbacks=False``): no RPC handler, ``config`` included, runs
+        at the same time."""
         raise NotImplementedError(f"{type(self).__name__} must override update()")
 
     def stats(self) -> dict[str, int]:
@@ -98,10 +102,14 @@ class IntervalSource(Source):
         if not self._schedule:
             return
         try:
-            self._scheduler.run(self.update)
+            self._scheduler.run(self._serialized_update)
         except TooManyFailures as error:
             logger.error("%s: stopping: %s", self.token, error)
             self._on_fatal(error)
+
+    def _serialized_update(self) -> None:
+        with self._callbacks_serialized():
+            self.update()
 
     def _on_stop(self, timeout: float) -> None:
         self._scheduler.stop()

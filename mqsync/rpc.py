@@ -8,6 +8,7 @@ key; a failure is ``{"error": "<text>"}``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -16,7 +17,7 @@ import logging
 import threading
 import uuid
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from .errors import InvalidMessage, InvalidRequest, RPCError, UnknownFunction
 
@@ -96,14 +97,19 @@ class RPCDispatcher:
             except TypeError as error:
                 raise InvalidRequest(f"{function}: {error}", function=function) from None
         result = None
-        for handler in handlers:
-            value = handler(**arguments)
-            if value is not None:
-                if result is not None:
-                    raise RPCError(f"more than one handler of {function!r} returned a value",
-                                   function=function)
-                result = value
+        with self._callbacks_serialized():
+            for handler in handlers:
+                value = handler(**arguments)
+                if value is not None:
+                    if result is not None:
+                        raise RPCError(f"more than one handler of {function!r} returned a "
+                                       "value", function=function)
+                    result = value
         return result
+
+    def _callbacks_serialized(self) -> ContextManager[Any]:
+        """The context handlers run in (a :class:`~mqsync.Client` holds its callback lock)."""
+        return contextlib.nullcontext()
 
 
 def _signature(method: Any) -> inspect.Signature:

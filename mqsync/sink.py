@@ -174,11 +174,13 @@ class Sink(Client):
         points = 0
         try:
             if message.properties.get("type") == "end":
-                self.on_end()
+                with self._callbacks_serialized():
+                    self.on_end()
             else:
                 times_ns, values = decode_chunk(message.body)
                 points = len(times_ns)
-                self.on_chunk(metric, times_ns, values)
+                with self._callbacks_serialized():
+                    self.on_chunk(metric, times_ns, values)
         except InvalidMessage as error:
             settle = "reject"
             self._refuse_remote("malformed_data_messages", "dropped a malformed data message "

@@ -82,6 +82,9 @@ class Manager(Client):
     def __init__(self, url: str, *, config: str | Path | ConfigStore | None = None,
                  metadata_file: str | Path | None = None, data_url: str | None = None,
                  token: str = "manager", **kwargs: Any):
+        # Its handlers run on a pool, so that one slow request holds up no other; the
+        # stores they share guard themselves.
+        kwargs.setdefault("serialize_callbacks", False)
         super().__init__(token, url, **kwargs)
         self.configs = config if isinstance(config, ConfigStore) else ConfigStore(config)
         self.metadata = MetadataStore(metadata_file)
