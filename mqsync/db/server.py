@@ -54,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Db"]
 
-_STOP = object()
-
 
 class Db(Client):
     """A database on a MetricQ network: keeps its metrics and answers history requests.
@@ -101,7 +99,8 @@ class Db(Client):
         self._subscribe_lock = threading.Lock()
         self._data: IOThread | None = None
         self._history: IOThread | None = None
-        self._writes: queue.Queue = queue.Queue()
+        # (message, channel generation) for the writer thread; None stops it
+        self._writes: queue.Queue[tuple[Any, int] | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._history_worker = Worker(f"mqsync-{self.token}-history")
         self._started = False
@@ -159,15 +158,19 @@ class Db(Client):
         for io, queue_name in ((self._history, self.history_queue), (self._data, self.data_queue)):
             if io is None:
                 continue
+            # bound now: the call may time out and run after the loop has moved on
+            def cancel(channel: Any, io: IOThread = io, name: str = queue_name or "") -> None:
+                io.cancel(name)
+
             try:
-                io.call(lambda channel, io=io, name=queue_name: io.cancel(name or ""), timeout)
+                io.call(cancel, timeout)
             except Exception as error:
                 logger.debug("%s: cancelling the consumer of %s: %s", self.token, queue_name,
                              error)
         self._history_worker.stop(timeout, finish=True)
         writer = self._writer
         if writer is not None:
-            self._writes.put(_STOP)
+            self._writes.put(None)
             if writer is not threading.current_thread():
                 writer.join(timeout)
                 if writer.is_alive():
@@ -227,7 +230,7 @@ class Db(Client):
         """Writer thread: batch what is waiting, commit it, ack it; until the stop marker."""
         while True:
             item = self._writes.get()
-            if item is _STOP:
+            if item is None:
                 return
             batch = [item]
             points = _points_estimate(item[0])
@@ -237,7 +240,7 @@ class Db(Client):
                     item = self._writes.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is None:
                     stop = True
                     break
                 batch.append(item)
@@ -430,8 +433,3 @@ def _points_estimate(message: Any) -> int:
     # A DataChunk point takes at least 9 bytes (a varint delta and a double); counting bytes
     # keeps the writer from decoding twice.
     return max(1, len(message.body) // 10)
-
-
-def _as_bytes(body: bytes | bytearray | memoryview | str) -> bytes:
-    # kombu hands over an empty body as "" on some transports
-    return body.encode("latin-1") if isinstance(body, str) else bytes(body)
