@@ -524,4 +524,4 @@ def _delete_queue(channel: Any, queue: str) -> None:
         # kombu's memory transport (the embedded network) deletes a queue only through
         # its bindings: one unbound before (a drained subscription) would stay, with its
         # end marker, for the life of the process.
-        channel._delete(queue)
+        channel._delete(queue)  # type: ignore[no-untyped-call]  # kombu leaves it unannotated
