@@ -43,7 +43,7 @@ from .names import (
     redact_url,
 )
 from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_handler
-from .timeseries import Timestamp
+from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,15 @@ class Client(RPCDispatcher):
             in-process network (kombu's ``memory://`` transport with an in-process
             manager), which needs no broker.
         add_uuid: append ``.<uuid>`` to the token (transient clients such as Sinks).
-        rpc_timeout: default seconds to wait for an RPC reply.
-        connect_timeout: seconds :meth:`start` waits for the connection and registration.
-        heartbeat: AMQP heartbeat interval in seconds.
-        reconnect_timeout: seconds without a connection after which the client gives up
-            and stops with :class:`~mqsync.errors.ConnectFailed`.
+        rpc_timeout: how long an RPC waits for its reply unless the call says otherwise.
+        connect_timeout: how long :meth:`start` waits for the connection and registration.
+        heartbeat: the AMQP heartbeat interval (0 turns heartbeats off).
+        reconnect_timeout: how long the client goes without a connection before it gives
+            up and stops with :class:`~mqsync.errors.ConnectFailed`.
+
+        The four are durations as :meth:`Timedelta.coerce <mqsync.Timedelta.coerce>` takes
+        them (a number of seconds, a string with a unit such as ``"2min"``, a ``Timedelta``);
+        their attributes hold float seconds.
         serialize_callbacks: run this client's callbacks one at a time (the default): RPC
             handlers (``config`` among them), :meth:`IntervalSource.update
             <mqsync.IntervalSource.update>` and a Sink's ``on_chunk``/``on_data``/``on_end``
@@ -85,10 +89,10 @@ class Client(RPCDispatcher):
         url: str | None = None,
         *,
         add_uuid: bool = False,
-        rpc_timeout: float = 60.0,
-        connect_timeout: float = 30.0,
-        heartbeat: float = 20.0,
-        reconnect_timeout: float = 60.0,
+        rpc_timeout: DurationLike = 60.0,
+        connect_timeout: DurationLike = 30.0,
+        heartbeat: DurationLike = 20.0,
+        reconnect_timeout: DurationLike = 60.0,
         client_version: str | None = None,
         serialize_callbacks: bool = True,
     ):
@@ -102,10 +106,12 @@ class Client(RPCDispatcher):
         self.token = f"{token}.{_uuid_hex()}" if add_uuid else token
         self._url = url
         self._network_url: str | None = None
-        self.rpc_timeout = float(rpc_timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.heartbeat = float(heartbeat)
-        self.reconnect_timeout = float(reconnect_timeout)
+        self.rpc_timeout = Timedelta.coerce(rpc_timeout, name="rpc_timeout", positive=True).s
+        self.connect_timeout = Timedelta.coerce(connect_timeout, name="connect_timeout",
+                                                positive=True).s
+        self.heartbeat = Timedelta.coerce(heartbeat, name="heartbeat", negative=False).s
+        self.reconnect_timeout = Timedelta.coerce(reconnect_timeout, name="reconnect_timeout",
+                                                  positive=True).s
         self.client_version = client_version
         self.starting_time = Timestamp.now()
         #: The configuration received last (``config`` RPC or registration), without

@@ -35,7 +35,7 @@ from .connection import IOThread, time_left
 from .errors import PublishFailed
 from .names import DATA_EXCHANGE, check_metric_name, derive_address
 from .spool import Spool
-from .timeseries import Timestamp
+from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,13 @@ class Source(Client):
         url: the broker URL; ``None`` joins the embedded in-process network.
         chunk_size: points per published chunk (default 1: every point leaves at once);
             ``None`` sends only on :meth:`flush` or after ``flush_interval``.
-        flush_interval: seconds after which a partly filled chunk is sent anyway, so a
-            slow metric is not held back; ``None`` disables the timer.
+        flush_interval: a duration (seconds, ``"500ms"``, a ``Timedelta``) after which a
+            partly filled chunk is sent anyway, so a slow metric is not held back; ``None``
+            disables the timer.
         max_pending_chunks: chunks handed over and not yet confirmed by the broker before
             :meth:`send` blocks.
-        send_timeout: seconds :meth:`send` blocks on a full queue before it raises.
+        send_timeout: how long :meth:`send` blocks on a full queue before it raises (a
+            duration as ``flush_interval``).
         spool: an SQLite file (or an open :class:`~mqsync.spool.Spool`) where every chunk
             waits until the broker confirmed it, so a crash or a long outage loses
             nothing: the next start sends what is left first.
@@ -75,9 +77,9 @@ class Source(Client):
         url: str | None = None,
         *,
         chunk_size: int | None = 1,
-        flush_interval: float | None = 1.0,
+        flush_interval: DurationLike | None = 1.0,
         max_pending_chunks: int = 10_000,
-        send_timeout: float = 30.0,
+        send_timeout: DurationLike = 30.0,
         spool: str | os.PathLike | Spool | None = None,
         persistent: bool = True,
         **kwargs: Any,
@@ -85,11 +87,10 @@ class Source(Client):
         _refuse_update_without_task(type(self))
         super().__init__(token, url, **kwargs)
         check_chunk_size(chunk_size)
-        if flush_interval is not None and not flush_interval > 0:
-            raise ValueError(f"flush_interval must be > 0 seconds or None, got {flush_interval!r}")
         self._chunk_size = chunk_size
-        self.flush_interval = flush_interval
-        self.send_timeout = float(send_timeout)
+        self.flush_interval = None if flush_interval is None else Timedelta.coerce(
+            flush_interval, name="flush_interval", positive=True).s
+        self.send_timeout = Timedelta.coerce(send_timeout, name="send_timeout", positive=True).s
         self.data_exchange = DATA_EXCHANGE
         self.__handles: dict[str, SourceMetric] = {}
         # Guards every metric's points and _closed; one lock per source, not per metric,

@@ -287,3 +287,19 @@ def test_relative_times_take_durations():
     after = Timestamp.now()
     assert before + Timedelta.from_s(5) <= later <= after + Timedelta.from_s(5)
     assert before - Timedelta.from_s(5) <= earlier <= after - Timedelta.from_s(5)
+
+
+def test_client_and_source_durations_follow_the_rule():
+    source = mqsync.Source("source-durations", rpc_timeout="2min", connect_timeout=5,
+                           heartbeat=0, reconnect_timeout=mqsync.Timedelta.from_s(90),
+                           flush_interval="250ms", send_timeout=datetime.timedelta(seconds=3))
+    assert (source.rpc_timeout, source.connect_timeout, source.heartbeat,
+            source.reconnect_timeout) == (120.0, 5.0, 0.0, 90.0)
+    assert (source.flush_interval, source.send_timeout) == (0.25, 3.0)
+    assert mqsync.Source("source-durations", flush_interval=None).flush_interval is None
+    with pytest.raises(ValueError, match="flush_interval must be positive"):
+        mqsync.Source("source-durations", flush_interval=0)
+    with pytest.raises(TypeError, match="rpc_timeout must be"):
+        mqsync.Client("client-durations", rpc_timeout=True)
+    with pytest.raises(ValueError, match="heartbeat must not be negative"):
+        mqsync.Client("client-durations", heartbeat=-1)
