@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Callable, List, Sequence, TypeVar, overload
+from typing import Any, Callable, Sequence, TypeVar, overload
 
 from ._arguments import (
     TagValues,
@@ -83,28 +83,28 @@ class DataLogger:
                     f"writer {writer!r} ({type(writer).__name__}) does not derive from "
                     f"mqsync.datalogger.DatabaseWriter"
                 )
-        self._db_writers: List[DatabaseWriter] = list(database_writers)
+        self._db_writers: list[DatabaseWriter] = list(database_writers)
         self.continuous_write = continuous_write
         self.max_backlog = max_backlog
-        self.postprocessing_functions: List[Callable[..., Any]] = []
+        self.postprocessing_functions: list[Callable[..., Any]] = []
         self.dropped = 0
         self._lock = threading.Lock()  # guards _dataset and _events; held only briefly
         self._write_lock = threading.RLock()  # one write_data at a time; guards _backlog
         self._dataset = Dataset()
         self._events = Events()
         # writer index -> the entries and events it failed to write, handed over next time
-        self._backlog: dict[int, tuple[List[DataEntry], List[Event]]] = {}
+        self._backlog: dict[int, tuple[list[DataEntry], list[Event]]] = {}
 
     # -- reading -------------------------------------------------------------------------------
 
     @property
-    def dataset(self) -> List[DataEntry]:
+    def dataset(self) -> list[DataEntry]:
         """The entries not yet written, grouped by measurement (a copy)."""
         with self._lock:
             return self._dataset.as_list()
 
     @property
-    def events(self) -> List[Event]:
+    def events(self) -> list[Event]:
         """The events not yet written, grouped by measurement (a copy)."""
         with self._lock:
             return self._events.as_list()
@@ -120,7 +120,7 @@ class DataLogger:
         return self.events[-1]
 
     @property
-    def db_writers(self) -> List[DatabaseWriter]:
+    def db_writers(self) -> list[DatabaseWriter]:
         """The writers (a copy of the list)."""
         return list(self._db_writers)
 
@@ -337,12 +337,13 @@ class DataLogger:
             self._write_continuously()
 
     def _write_continuously(self) -> None:
+        """Write now; a failure is a warning, not an exception in the code that logged."""
         try:
             self.write_data()
-        except WriteFailed as error:  # the measured code goes on; the data is kept
+        except WriteFailed as error:  # the data is kept for the next write
             _log.warning("continuous write: %s", error)
 
-    def _take_all(self) -> tuple[List[DataEntry], List[Event]]:
+    def _take_all(self) -> tuple[list[DataEntry], list[Event]]:
         """Everything logged so far, which the next log starts a new batch after."""
         with self._lock:
             entries, events = self._dataset.as_list(), self._events.as_list()
@@ -350,6 +351,7 @@ class DataLogger:
         return entries, events
 
     def _post_process(self, batch: DataLogger) -> None:
+        """Run the post-processors on ``batch``, each with the entries of its measurements."""
         for func in self.postprocessing_functions:
             wanted = {str(m): batch._dataset.get_entries_for_measurement(m)
                       for m in getattr(func, "measurements", ())}
@@ -370,7 +372,7 @@ class DataLogger:
             return writer, error
         return None
 
-    def _put_back(self, entries: List[DataEntry], events: List[Event]) -> None:
+    def _put_back(self, entries: list[DataEntry], events: list[Event]) -> None:
         """Put a batch that could not be written back before what was logged since."""
         with self._lock:
             newer_entries, newer_events = self._dataset.as_list(), self._events.as_list()
@@ -380,7 +382,7 @@ class DataLogger:
             for event in events + newer_events:
                 self._events.append(event)
 
-    def _keep(self, index: int, entries: List[DataEntry], events: List[Event]) -> None:
+    def _keep(self, index: int, entries: list[DataEntry], events: list[Event]) -> None:
         """Keep a failed writer's records for its next write, the newest ``max_backlog``."""
         excess = len(entries) + len(events) - self.max_backlog
         if excess > 0:
@@ -448,9 +450,9 @@ class BlockMeasurer:
         say(self.logger, self.log_lvl, self.log_end)
 
 
-def _batch_of(entries: List[DataEntry], events: List[Event]) -> DataLogger:
+def _batch_of(entries: list[DataEntry], events: list[Event]) -> DataLogger:
     """A plain DataLogger holding exactly these records: what writers and post-processors get."""
-    batch = DataLogger()  # not type(self): a subclass may need arguments
+    batch = DataLogger()  # always the base class: a subclass's __init__ may need arguments
     for entry in entries:
         batch._dataset.append(entry)
     for event in events:
