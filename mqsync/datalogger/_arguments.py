@@ -141,14 +141,19 @@ def _one_value_form(
     tags_map: TagValues | None = None,
 ) -> LogCall:
     """``log(measurement, field, value, tag_map=None, time=None)``: one field's value."""
-    if field is _MISSING or not isinstance(field, str):
-        got = "nothing" if field is _MISSING else f"field={field!r}"
-        hint = " (give a FieldMap as the second argument or as fields_map=)" if isinstance(
-            field, Mapping) else ""
-        raise TypeError(f"log() needs a Field and a value, or a FieldMap; got {got}{hint}")
+    if not isinstance(field, str):
+        raise _not_a_field(field)
     if value is _MISSING:
         raise TypeError(f"log() needs a value for field {str(field)!r}: {ONE_VALUE_FORM}")
     return LogCall({field: value}, either_tag_map(tag_map, tags_map), time)
+
+
+def _not_a_field(field: object) -> TypeError:
+    """The error for a one-value call whose second argument is no Field."""
+    got = "nothing" if field is _MISSING else f"field={field!r}"
+    if isinstance(field, Mapping):
+        got += " (give a FieldMap as the second argument or as fields_map=)"
+    return TypeError(f"log() needs a Field and a value, or a FieldMap; got {got}")
 
 
 def _field_map_form(
