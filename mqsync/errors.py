@@ -7,6 +7,9 @@ derives from :class:`ValueError` where that is what Python code expects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class MqsyncError(Exception):
     """Base class of every error raised by mqsync."""
@@ -105,3 +108,36 @@ class StoreError(MqsyncError):
 
 class TooMuchData(StoreError):
     """A request would return more points or buckets than the store's limit allows."""
+
+
+class DataLoggerError(MqsyncError):
+    """Base class of the errors of :mod:`mqsync.datalogger`."""
+
+
+class InvalidMeasurement(DataLoggerError, ValueError):
+    """A measurement is declared wrongly, or an entry does not fit its declaration.
+
+    Raised at once by the data logger's ``log``, ``measure`` and ``measure_block`` (before the
+    measured code runs), so a wrong entry never reaches a writer.
+    """
+
+
+class MetricNameCollision(DataLoggerError, ValueError):
+    """Two different series would be sent under the same MetricQ metric name."""
+
+
+class WriteFailed(DataLoggerError):
+    """One or more data logger writers raised while ``write_data`` handed them a batch.
+
+    ``failures`` lists ``(writer, exception)`` pairs, each writer a
+    ``mqsync.datalogger.DatabaseWriter``. The writers that succeeded got the batch once; each
+    failed writer keeps its batch and gets it again on the next ``write_data``.
+    """
+
+    def __init__(self, failures: Sequence[tuple[Any, BaseException]]) -> None:
+        self.failures: list[tuple[Any, BaseException]] = list(failures)
+        details = "; ".join(f"{type(w).__name__}: {e!r}" for w, e in self.failures)
+        super().__init__(
+            f"{len(self.failures)} writer(s) failed, their data is kept for the next write: "
+            f"{details}"
+        )

@@ -22,8 +22,8 @@ Writers: :class:`JsonFileWriter` (JSON Lines), :class:`LineProtocolFileWriter` a
 :class:`DatabaseWriter`.
 """
 
+from ..errors import DataLoggerError, InvalidMeasurement, MetricNameCollision, WriteFailed
 from ._core import BlockMeasurer, DataLogger, PostProcessing
-from ._errors import DataLoggerError, InvalidMeasurement, MetricNameCollision, WriteFailed
 from ._influx import InfluxDBWriter, LineProtocolFileWriter, to_line_protocol
 from ._json import JsonFileWriter
 from ._metricq import MetricQWriter

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence, TypeVar, overload
 
+from ..errors import InvalidMeasurement, WriteFailed
 from ._arguments import (
     TagValues,
     call_arguments,
@@ -24,7 +25,6 @@ from ._arguments import (
     require_measurement,
     resolve_log_call,
 )
-from ._errors import InvalidMeasurement, WriteFailed
 from ._measure import Timer, say
 from ._model import Field, Measurement
 from ._records import DataEntry, Dataset, Event, Events, TimeLike, to_ns

@@ -36,8 +36,8 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any, Callable, Dict, Tuple
 
+from ..errors import MetricNameCollision
 from ._core import DataLogger
-from ._errors import MetricNameCollision
 from ._model import Measurement
 from ._writer import DatabaseWriter
 

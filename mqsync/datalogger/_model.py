@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Tuple, TypeVar, Union
 
 import attrs
 
-from ._errors import InvalidMeasurement
+from ..errors import InvalidMeasurement
 
 
 def _short_repr(obj: Any) -> str:
