@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,18 @@ def test_the_installed_wheel_is_what_is_tested():
     licenses = [file for file in files if file.rsplit("/", 1)[-1] == "LICENSE"]
     assert licenses and all(".dist-info/" in file for file in licenses), licenses
     assert importlib.metadata.metadata("mqsync")["License-File"] == "LICENSE"
+
+
+def test_ci_runs_the_commands_readme_gives():
+    readme = (REPO_ROOT / "README.rst").read_text(encoding="utf-8")
+    section = readme.split("\nRun the tests\n", 1)[1].split("\n====", 1)[0]
+    blocks = re.findall(r"::\n\n((?:    .*\n)+)", section)
+    (block,) = [block for block in blocks if "MQSYNC_TEST_WHEEL=1" in block]
+    commands = [line.strip() for line in block.splitlines()]
+    ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[0] in ci, f".ci/run lacks {commands[0]!r}"
+    start = ci.index(commands[0])
+    assert ci[start : start + len(commands)] == commands
 
 
 def test_every_module_imports_and_the_plugins_load_without_psutil(tmp_path):

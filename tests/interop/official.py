@@ -157,13 +157,17 @@ def _base_python() -> str:
 
 def peer_env() -> dict[str, str]:
     """The environment for the venv's interpreter: this one's, minus anything that could put
-    mqsync's packages (protobuf 4, ...) on its path."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key
-        not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
-    }
+    mqsync's packages (protobuf 4, ...) on its path, or keep a peer's own directory (its
+    ``_common`` module) off it (``PYTHONSAFEPATH``, set by .ci/run)."""
+    unwanted = (
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONSAFEPATH",
+        "VIRTUAL_ENV",
+        "__PYVENV_LAUNCHER__",
+    )
+    env = {key: value for key, value in os.environ.items() if key not in unwanted}
     env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
