@@ -293,8 +293,8 @@ class ChunkPublisher:
         if not chunks:
             return
         self._count("nacked_chunks", len(chunks))
-        again = []
-        lost = []
+        again: list[_Chunk] = []
+        lost: list[_Chunk] = []
         for chunk in chunks:
             chunk.nacks += 1
             (lost if chunk.nacks >= MAX_NACKS else again).append(chunk)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, ContextManager, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ContextManager, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import network
 from ._log import Throttled
@@ -46,6 +46,8 @@ from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_hand
 from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
+
+_C = TypeVar("_C", bound="Client")
 
 #: Seconds a worker thread gets to end at stop even when the stop's timeout is used up.
 WORKER_GRACE = 0.2
@@ -364,7 +366,7 @@ class Client(RPCDispatcher):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def __enter__(self) -> Client:
+    def __enter__(self: _C) -> _C:
         self.start()
         return self
 
@@ -580,7 +582,7 @@ class Client(RPCDispatcher):
 
     def _publish_request(self, exchange: str, routing_key: str, function: str,
                          correlation_id: str, arguments: Mapping[str, Any],
-                         timeout: float) -> Future:
+                         timeout: float) -> Future[Any]:
         """Publish a request that expires with its caller's ``timeout``: the broker drops
         it unread (it is never executed) once nobody waits for the reply any more."""
         if "function" in arguments:
@@ -594,7 +596,7 @@ class Client(RPCDispatcher):
             raise TypeError(f"arguments of RPC {function!r} are not JSON-serialisable: "
                             f"{error}") from None
         assert self._management is not None
-        expiry = {"expiration": str(max(1, math.ceil(timeout * 1000)))} \
+        expiry: dict[str, Any] = {"expiration": str(max(1, math.ceil(timeout * 1000)))} \
             if math.isfinite(timeout) else {}
         return self._management.publish(body, exchange, routing_key,
                                         correlation_id=correlation_id, reply_to=self.rpc_queue,

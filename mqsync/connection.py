@@ -270,7 +270,8 @@ class IOThread:
             return False
         if finish_work and thread.is_alive():
             # A final no-op marks the end of the queue: everything before it runs first.
-            marker = self._enqueue(lambda channel: None, Future(), force=True)
+            marker: Future[None] = Future()
+            self._enqueue(lambda channel: None, marker, force=True)
             try:
                 marker.result(time_left(deadline))
             except Exception as error:  # noqa: BLE001 - we stop anyway, but say why
@@ -372,11 +373,11 @@ class IOThread:
         exchange: str,
         routing_key: str,
         *,
-        headers: dict | None = None,
+        headers: dict[str, Any] | None = None,
         content_type: str | None = None,
         content_encoding: str | None = None,
         **properties: Any,
-    ) -> Future:
+    ) -> Future[None]:
         """Publish one message from the IO thread; the future completes once it is sent."""
 
         def operation(channel: Any) -> None:
@@ -467,7 +468,8 @@ class IOThread:
         messages are whole), so the broker's delivery tags stay those counted inside.
         """
         # _connection, not connection: kombu's property would connect again
-        transport = getattr(getattr(self._connection, "_connection", None), "_transport", None)
+        transport: Any = getattr(getattr(self._connection, "_connection", None), "_transport",
+                                 None)
         write = getattr(transport, "_write", None)
         if write is None:  # an in-process transport, or no connection
             yield
@@ -782,13 +784,10 @@ class _KeepBody(kombu.message.Message):
     """Hides the ``compression`` header from kombu's constructor, which would inflate the
     body (without any bound) before mqsync sees the message; the header stays readable."""
 
-    def __init__(self, *args: Any, headers: dict | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, headers: dict[str, Any] | None = None, **kwargs: Any):
         headers = headers or {}
-        if "compression" not in headers:
-            super().__init__(*args, headers=headers, **kwargs)
-            return
-        super().__init__(*args, headers={k: v for k, v in headers.items()
-                                         if k != "compression"}, **kwargs)
+        kwargs["headers"] = {k: v for k, v in headers.items() if k != "compression"}
+        super().__init__(*args, **kwargs)
         self.headers = headers
 
 

@@ -116,7 +116,8 @@ def encode_history_request(start_time: Timestamp | int | None = None,
     if interval is not None:
         request.interval_max = interval
     request.type = HistoryRequestType(request_type).value
-    return request.SerializeToString()
+    body: bytes = request.SerializeToString()
+    return body
 
 
 class HistoryResponse:
@@ -453,8 +454,19 @@ class HistoryClient(Client):
         except ValueError:
             raise InvalidHistoryResponse("raw timeline response contained no values") from None
 
-    def get_metrics(self, selector: str | Sequence[str] | None = None, metadata: bool = True,
-                    historic: bool | None = True, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    def get_metrics(
+        self,
+        selector: str | Sequence[str] | None = None,
+        metadata: bool = True,
+        historic: bool | None = True,
+        timeout: float | None = None,
+        prefix: str | None = None,
+        infix: str | None = None,
+        limit: int | None = None,
+        hidden: bool | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """Like :meth:`Client.get_metrics`, but only historic metrics unless ``historic`` says
         otherwise (``None``: all)."""
-        return super().get_metrics(selector, metadata=metadata, historic=historic, **kwargs)
+        return super().get_metrics(selector, metadata=metadata, historic=historic,
+                                   timeout=timeout, prefix=prefix, infix=infix, limit=limit,
+                                   hidden=hidden)

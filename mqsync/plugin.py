@@ -73,6 +73,7 @@ class Hookspecs:
         Each :class:`SourceKind` names an :class:`PluginSource` subclass; its name is what
         users pass to ``mqsync-source --plugin``.
         """
+        raise NotImplementedError  # a specification: pluggy calls the implementations
 
 
 @attrs.frozen

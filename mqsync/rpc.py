@@ -154,7 +154,8 @@ class PendingCalls:
         self._prefix = f"mqsync-rpc-{token}-"
         self._counter = itertools.count()
         self._lock = threading.Lock()
-        self._waiting: dict[str, tuple[Callable[[str, dict[str, Any]], None], Future | None]] = {}
+        self._waiting: dict[str, tuple[Callable[[str, dict[str, Any]], None],
+                                          Future[dict[str, Any]] | None]] = {}
         #: Replies whose correlation id nobody waits for (late, or foreign).
         self.unmatched = 0
 
@@ -162,9 +163,9 @@ class PendingCalls:
         """A correlation id unique within this process and token."""
         return f"{self._prefix}{uuid.uuid4().hex[:12]}{next(self._counter)}"
 
-    def expect_one(self, correlation_id: str, function: str) -> Future:
+    def expect_one(self, correlation_id: str, function: str) -> Future[dict[str, Any]]:
         """Register a call; the future gets the reply dict or an :class:`RPCError`."""
-        future: Future = Future()
+        future: Future[dict[str, Any]] = Future()
 
         def resolve(from_token: str, reply: dict[str, Any]) -> None:
             self.forget(correlation_id)
@@ -203,13 +204,13 @@ class PendingCalls:
         return True
 
     @staticmethod
-    def fail_unsent(reply: Future, sent: Future) -> None:
+    def fail_unsent(reply: Future[dict[str, Any]], sent: Future[Any]) -> None:
         """Fail ``reply`` with the error of ``sent`` if the request never reached the broker.
 
         ``sent`` is the future of the request's publish; without this a call whose request
         was refused would wait for its whole timeout.
         """
-        def settle(done: Future) -> None:
+        def settle(done: Future[Any]) -> None:
             error = done.exception()
             if error is not None and not reply.done():
                 reply.set_exception(error)

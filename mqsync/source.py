@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 from ._delivery import ChunkPublisher
 from .chunk import check_chunk_size, encode_chunk
@@ -80,7 +80,7 @@ class Source(Client):
         flush_interval: DurationLike | None = 1.0,
         max_pending_chunks: int = 10_000,
         send_timeout: DurationLike = 30.0,
-        spool: str | os.PathLike | Spool | None = None,
+        spool: str | os.PathLike[str] | Spool | None = None,
         persistent: bool = True,
         **kwargs: Any,
     ):
@@ -109,7 +109,7 @@ class Source(Client):
         self._data: IOThread | None = None
         self._task_thread: threading.Thread | None = None
         #: Completed (with ``None``) when the source stops; :meth:`task` loops until then.
-        self.task_stop_future: Future = Future()
+        self.task_stop_future: Future[None] = Future()
 
     # -- chunking ------------------------------------------------------------------
 
@@ -574,10 +574,10 @@ class SourceMetric:
                         return
         # A type check per point in C (list.count compares by identity first) for the
         # usual list of ints; anything else is converted and checked point by point.
-        times_ns = times if list(map(type, times)).count(int) == count \
+        times_ns = cast("Sequence[int]", times) if list(map(type, times)).count(int) == count \
             else [_as_ns(t) for t in times]
         # sorted() of ascending times (the usual case) is one pass, cheaper than min+max
-        ordered = sorted(times_ns)  # type: ignore[type-var]
+        ordered = sorted(times_ns)
         if not (ordered[0] > -TIME_LIMIT_NS and ordered[-1] < TIME_LIMIT_NS):
             raise _time_out_of_range(ordered[0] if ordered[0] <= -TIME_LIMIT_NS
                                      else ordered[-1])
@@ -587,7 +587,7 @@ class SourceMetric:
             accepted = len(self._times)
             if not accepted:
                 self._oldest = _monotonic()
-            self._times.extend(times_ns)  # type: ignore[arg-type]
+            self._times.extend(times_ns)
             self._values.extend(floats)
             if len(self._times) >= self._limit:
                 self._source._publish(self, accepted)
@@ -663,13 +663,14 @@ def _encode_whole(times: Sequence[Any], values: Sequence[Any]) -> bytes | None:
     """
     if type(times[0]) is not int:  # Timestamps, numpy integers: checked point by point
         return None
+    ints = cast("Sequence[int]", times)  # if not, the encoder raises
     try:
-        ordered = sorted(times)
+        ordered = sorted(ints)
         # Within the range, and no bool among the times (a bool is an int to sorted()
         # and to the encoder, but not a time): one would make the smallest time <= 1.
         if not (ordered[0] > 1 and ordered[-1] < TIME_LIMIT_NS):
             return None
-        return encode_chunk(times, values)  # type: ignore[arg-type]
+        return encode_chunk(ints, values)
     except Exception:  # noqa: BLE001 - whatever it is, the careful way says it precisely
         return None
 
@@ -684,7 +685,7 @@ def _as_float(value: Any) -> float:
                         f"{value!r}") from None
 
 
-def _refuse_update_without_task(cls: type) -> None:
+def _refuse_update_without_task(cls: type[Source]) -> None:
     """Raise at once when ``cls`` defines ``update()`` that nothing would ever call.
 
     Only :class:`~mqsync.IntervalSource` calls ``update()``; a plain Source subclass with

@@ -467,15 +467,15 @@ class Spool:
         conn = self._connection()
 
         def insert() -> list[int]:
-            return [
-                int(
-                    conn.execute(
-                        "INSERT INTO chunks (metric, payload, points, created) VALUES (?, ?, ?, ?)",
-                        (metric, payload, points, created),
-                    ).lastrowid
-                )
-                for metric, payload, points in items
-            ]
+            ids = []
+            for metric, payload, points in items:
+                row_id = conn.execute(
+                    "INSERT INTO chunks (metric, payload, points, created) VALUES (?, ?, ?, ?)",
+                    (metric, payload, points, created),
+                ).lastrowid
+                assert row_id is not None  # set by the INSERT just made
+                ids.append(row_id)
+            return ids
 
         incoming = sum(len(payload) for _, payload, _ in items)
         return self._write(insert, incoming, len(items))  # type: ignore[return-value]

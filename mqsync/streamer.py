@@ -332,7 +332,9 @@ class DataStreamer:
                 )
             except sqlite3.Error as exc:
                 raise StreamerError(f"cannot store a row in {name!r}: {exc}") from exc
-            return int(cursor.lastrowid)
+            row_id = cursor.lastrowid
+            assert row_id is not None  # set by the INSERT just made
+            return row_id
 
     def purge(self, name: str, *, before: float) -> int:
         """Delete the rows of storage ``name`` with a timestamp before ``before``; return

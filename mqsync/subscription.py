@@ -145,7 +145,7 @@ class Drain(Sink):
         self._start_ns = start.posix_ns if start is not None else None
         self._end_ns = end.posix_ns if end is not None else None
         self._timeout = timeout
-        self._chunks: queue.Queue = queue.Queue(maxsize=buffer_chunks)
+        self._chunks: queue.Queue[Any] = queue.Queue(maxsize=buffer_chunks)
         self._closing = threading.Event()
 
     def on_chunk(self, metric: str, times_ns: Sequence[int], values: Sequence[float]) -> None:

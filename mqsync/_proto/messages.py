@@ -99,7 +99,8 @@ def _message_class(pool: descriptor_pool.DescriptorPool, full_name: str) -> Any:
     get_message_class = getattr(message_factory, "GetMessageClass", None)
     if get_message_class is not None:
         return get_message_class(descriptor)
-    return message_factory.MessageFactory(pool).GetPrototype(descriptor)  # pragma: no cover
+    factory: Any = message_factory.MessageFactory(pool)  # protobuf < 4.21 only
+    return factory.GetPrototype(descriptor)  # pragma: no cover
 
 
 #: The private pool holding the messages (never the process-wide default pool).
