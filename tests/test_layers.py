@@ -10,6 +10,7 @@ the module: importing *it* is fine, importing a ``_name`` *from* a module is not
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -202,3 +203,17 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     assert _layer_of("mqsync.manager") > _layer_of("mqsync.client")
     node = ast.parse("from .._files import move_aside\n").body[0]
     assert _resolve("mqsync.manager.store", False, node) == "mqsync._files"
+
+
+def test_every_public_error_is_defined_in_errors(graph):
+    """One hierarchy in one module: other modules may re-export an error, not define one."""
+    modules, _ = graph
+    elsewhere = []
+    for module in modules:
+        imported = importlib.import_module(module.removesuffix(".__init__"))
+        for name, value in vars(imported).items():
+            if (isinstance(value, type) and issubclass(value, BaseException)
+                    and not name.startswith("_") and value.__module__ == imported.__name__
+                    and imported.__name__ != "mqsync.errors"):
+                elsewhere.append(f"{imported.__name__}.{name}")
+    assert elsewhere == []
