@@ -52,7 +52,6 @@ ones after it.
 from __future__ import annotations
 
 import logging
-import threading
 from time import monotonic
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Iterable, Mapping
@@ -516,7 +515,6 @@ class SysinfoSource(PluginSource):
         self._previous: Snapshot | None = None
         self._declared: set[str] = set()
         self._problems: dict[str, str] = {}
-        self._declare_lock = threading.Lock()
         super().__init__(token, url, **kwargs)
 
     @property
@@ -560,24 +558,24 @@ class SysinfoSource(PluginSource):
             self.send(metric, now, value)
 
     def _declare_new(self, metadata: Mapping[str, Mapping[str, Any]]) -> None:
-        with self._declare_lock:
-            new = {name: entry for name, entry in metadata.items() if name not in self._declared}
-            if not new:
-                return
-            try:
-                self.declare_metrics(new)
-            except Exception as error:  # noqa: BLE001 - send anyway, declare next update
-                logger.warning(
-                    "%s: could not declare %d new metrics (%s); retrying with the next update",
-                    self.token,
-                    len(new),
-                    error,
-                )
-                return
-            self._declared.update(new)
-            logger.info(
-                "%s: declared %d metrics (%s ...)", self.token, len(new), ", ".join(sorted(new)[:3])
+        # update() alone calls it, one at a time (the client's callback lock)
+        new = {name: entry for name, entry in metadata.items() if name not in self._declared}
+        if not new:
+            return
+        try:
+            self.declare_metrics(new)
+        except Exception as error:  # noqa: BLE001 - send anyway, declare next update
+            logger.warning(
+                "%s: could not declare %d new metrics (%s); retrying with the next update",
+                self.token,
+                len(new),
+                error,
             )
+            return
+        self._declared.update(new)
+        logger.info(
+            "%s: declared %d metrics (%s ...)", self.token, len(new), ", ".join(sorted(new)[:3])
+        )
 
 
 @hookimpl

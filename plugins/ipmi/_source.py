@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -40,7 +39,6 @@ class IpmiSource(PluginSource):
         self._backoff_clock = backoff_clock
         self._settings: IpmiSettings | None = None
         self._collector: IpmiCollector | None = None
-        self._collector_lock = threading.Lock()
         super().__init__(token, url, **kwargs)
 
     @property
@@ -55,8 +53,9 @@ class IpmiSource(PluginSource):
         if settings == self._settings:
             return
         collector = settings.make_collector(name=self.token, clock=self._backoff_clock)
-        with self._collector_lock:
-            old, self._collector, self._settings = self._collector, collector, settings
+        # The config handler and update() never run at once (the client's callback lock):
+        # the next update() polls with the new collector.
+        old, self._collector, self._settings = self._collector, collector, settings
         if old is not None:
             old.close()
         logger.info(
@@ -72,8 +71,7 @@ class IpmiSource(PluginSource):
         return metrics
 
     def update(self) -> None:
-        with self._collector_lock:
-            collector = self._collector
+        collector = self._collector
         if collector is None:
             return
         now = Timestamp.now()
@@ -98,8 +96,8 @@ class IpmiSource(PluginSource):
         return True
 
     def _on_stop(self, timeout: float) -> None:
-        with self._collector_lock:
-            collector = self._collector
+        # not under the callback lock: an update() may be waiting for a BMC right now
+        collector = self._collector
         if collector is not None:
             collector.cancel()  # kill running tools so the update returns now
         super()._on_stop(timeout)
