@@ -279,6 +279,17 @@ class PluginSource(IntervalSource):
         if declared and self._connected:
             self.declare_metrics(declared)
 
+    def declare_new_metrics(self, metrics: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Declare metrics found during an update; on failure log one warning and return
+        False (the caller sends its points anyway and tries again with the next update)."""
+        try:
+            self.declare_metrics(metrics)
+        except Exception as error:  # noqa: BLE001 - send anyway, declare next update
+            logger.warning("%s: could not declare %d new metrics (%s); retrying with the next "
+                           "update", self.token, len(metrics), error)
+            return False
+        return True
+
     def rate(self) -> float | None:
         """Updates per second, for the metrics' ``rate`` metadata."""
         period = self.period

@@ -562,15 +562,7 @@ class SysinfoSource(PluginSource):
         new = {name: entry for name, entry in metadata.items() if name not in self._declared}
         if not new:
             return
-        try:
-            self.declare_metrics(new)
-        except Exception as error:  # noqa: BLE001 - send anyway, declare next update
-            logger.warning(
-                "%s: could not declare %d new metrics (%s); retrying with the next update",
-                self.token,
-                len(new),
-                error,
-            )
+        if not self.declare_new_metrics(new):
             return
         self._declared.update(new)
         logger.info(

@@ -83,17 +83,7 @@ class IpmiSource(PluginSource):
             name: {**entry, **({"rate": rate} if rate is not None else {})}
             for name, entry in metadata.items()
         }
-        try:
-            self.declare_metrics(entries)
-        except Exception as error:  # noqa: BLE001 - send anyway, declare next update
-            logger.warning(
-                "%s: could not declare %d metrics (%s); retrying next update",
-                self.token,
-                len(entries),
-                error,
-            )
-            return False
-        return True
+        return self.declare_new_metrics(entries)
 
     def _on_stop(self, timeout: float) -> None:
         # not under the callback lock: an update() may be waiting for a BMC right now
