@@ -9,10 +9,13 @@ returned. The parent kills it at a random moment and compares the spool with tha
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 
-import _light  # sibling module: the script's directory is on sys.path
+# a sibling module; the script's directory is not on sys.path when PYTHONSAFEPATH is set
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _light  # noqa: E402
 
 _light.install()
 

@@ -9,9 +9,12 @@ returned; the parent kills it at a random moment and checks the file.
 
 from __future__ import annotations
 
+import os
 import sys
 
-import _light  # sibling module: the script's directory is on sys.path
+# a sibling module; the script's directory is not on sys.path when PYTHONSAFEPATH is set
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _light  # noqa: E402
 
 _light.install()
 
