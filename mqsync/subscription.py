@@ -139,6 +139,9 @@ class Drain(Sink):
     def __init__(self, token: str, url: str | None, queue_name: str, metrics: Sequence[str],
                  *, start: Timestamp | None = None, end: Timestamp | None = None,
                  timeout: float = 60.0, buffer_chunks: int = 64, **kwargs: Any):
+        # Its on_chunk only hands chunks to the collecting loop, and waits while that loop
+        # is behind: holding the callback lock then would keep its RPC handlers waiting.
+        kwargs.setdefault("serialize_callbacks", False)
         super().__init__(token, url, **kwargs)
         self.data_queue = queue_name
         self._metrics = list(metrics)

@@ -124,3 +124,28 @@ def test_a_task_can_take_the_lock_around_its_own_steps(unique):
     with Looping(f"source-{unique}") as source:
         _configure_repeatedly(source.token, watched, unique, times=10)
     assert watched.configs >= 10 and watched.overlaps == 0
+
+
+def test_a_drain_waiting_for_its_reader_still_answers_rpcs(unique):
+    """A Drain's on_chunk waits while the collecting loop is behind; that is a hand-off, not
+    a user callback, and must not keep the Drain's RPC handlers waiting."""
+    from mqsync.subscription import Drain, Subscriber
+
+    metric = f"test.{unique}.drain"
+    with mqsync.Source(f"source-{unique}", chunk_size=1) as source, \
+            Subscriber(f"drain-{unique}", metrics=[metric], expires=60) as subscriber:
+        for i in range(20):
+            source.send(metric, mqsync.Timestamp(1_700_000_000_000_000_000 + i), float(i))
+        source.flush()
+        drain = Drain(subscriber.token, None, subscriber.queue, [metric], buffer_chunks=1,
+                      timeout=30)
+        points = iter(drain)
+        try:
+            assert next(points)[2] == 0.0  # connected; the reader now stops reading
+            time.sleep(0.3)  # the next chunks fill the buffer: on_chunk waits for room
+            with mqsync.Client(f"asker-{unique}") as asker:
+                reply = asker.rpc_direct(drain.token, "discover", timeout=5)
+            assert reply.get("alive") is True
+            assert [v for _, _, v in points] == [float(i) for i in range(1, 20)]
+        finally:
+            points.close()
