@@ -66,11 +66,10 @@ class Client(RPCDispatcher):
         connect_timeout: how long :meth:`start` waits for the connection and registration.
         heartbeat: the AMQP heartbeat interval (0 turns heartbeats off).
         reconnect_timeout: how long the client goes without a connection before it gives
-            up and stops with :class:`~mqsync.errors.ConnectFailed`.
-
-        The four are durations as :meth:`Timedelta.coerce <mqsync.Timedelta.coerce>` takes
-        them (a number of seconds, a string with a unit such as ``"2min"``, a ``Timedelta``);
-        their attributes hold float seconds.
+            up and stops with :class:`~mqsync.errors.ConnectFailed`.  These four are
+            durations as :meth:`Timedelta.coerce <mqsync.Timedelta.coerce>` takes them (a
+            number of seconds, a string with a unit such as ``"2min"``, a ``Timedelta``);
+            their attributes hold float seconds.
         serialize_callbacks: run this client's callbacks one at a time (the default): RPC
             handlers (``config`` among them), :meth:`IntervalSource.update
             <mqsync.IntervalSource.update>` and a Sink's ``on_chunk``/``on_data``/``on_end``
