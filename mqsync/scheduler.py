@@ -1,9 +1,19 @@
 """Drift-free periodic scheduling, independent of any transport.
 
-:class:`Scheduler` calls a function on a fixed grid ``t0 + k·period`` of the monotonic clock.
-Deadlines come from the grid, never from "now", so the time an update takes and the lateness
-of each wake-up never accumulate. A slot that has already passed when its turn comes is skipped
-and counted, never run in a catch-up burst. ``IntervalSource`` runs one scheduler in a thread.
+A :class:`Grid` is one schedule: the slots ``t0 + k·period`` of the monotonic clock, which
+of them is due next, and the counters of what happened to them.  Deadlines come from the
+grid, never from "now", so the time an update takes and the lateness of each wake-up never
+accumulate.  A slot that has already passed when its turn comes is skipped and counted,
+never run in a catch-up burst.
+
+Two drivers run grids:
+
+- :class:`Scheduler` runs one grid in the calling thread (``IntervalSource`` runs one in
+  its task thread).
+- :class:`MultiScheduler` keeps the time of many grids in one thread and hands their
+  updates to a bounded, elastic pool of worker threads: an update that blocks holds one
+  worker and delays no other grid, and one grid never has two updates running at once.
+  ``mqsync-source --config`` runs every plugin instance of a host on one of these.
 
 Timing notes, measured with CPython on Linux (see ``bench/bench_interval.py``):
 
@@ -19,11 +29,13 @@ Timing notes, measured with CPython on Linux (see ``bench/bench_interval.py``):
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Protocol
+from typing import Any, Callable, Hashable, Protocol
 
 import attrs
 
@@ -32,6 +44,9 @@ from .timeseries import DurationLike, Timedelta
 
 __all__ = [
     "Clock",
+    "Grid",
+    "MultiScheduler",
+    "PoolStats",
     "Scheduler",
     "SchedulerStats",
     "SystemClock",
@@ -44,7 +59,7 @@ NS_PER_S = 1_000_000_000
 
 
 class Clock(Protocol):
-    """The time source and sleeper of a :class:`Scheduler`; tests inject a fake one."""
+    """The time source and sleeper of a scheduler; tests inject a fake one."""
 
     def monotonic_ns(self) -> int:
         """Nanoseconds on a clock that never jumps (only differences are meaningful)."""
@@ -74,13 +89,15 @@ class SystemClock:
 
 @attrs.frozen
 class SchedulerStats:
-    """A consistent snapshot of a :class:`Scheduler`'s counters.
+    """A consistent snapshot of a :class:`Grid`'s counters.
 
     ``updates`` counts calls of ``update()`` begun (failed ones included), ``failures`` the
     calls that raised, ``consecutive_failures`` the current streak, ``missed_slots`` the grid
     slots skipped because they had passed, ``overruns`` the events that skipped slots.
     ``last_lateness_ns`` is how late the last ``update()`` began after its slot (None before the
-    first), ``period_ns`` the current period (None while unset).
+    first), ``period_ns`` the current period (None while unset), ``last_error`` the last
+    failure as ``"Type: message"`` (None before the first), ``held_slots`` the slots left out
+    while a :class:`MultiScheduler` backed off a failing update.
     """
 
     updates: int
@@ -90,6 +107,8 @@ class SchedulerStats:
     overruns: int
     last_lateness_ns: int | None
     period_ns: int | None
+    last_error: str | None = None
+    held_slots: int = 0
 
 
 def _period_ns(period: DurationLike) -> int:
@@ -104,8 +123,16 @@ def _ms(ns: int) -> str:
     return f"{ns / 1e6:.3f} ms"
 
 
-class Scheduler:
-    """Call ``update()`` on the grid ``t0 + k·period`` of the monotonic clock until stopped.
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Grid:
+    """One periodic schedule: its slots ``t0 + k·period``, the next one due, its counters.
+
+    A grid is driven by one thread at a time (its scheduler, or the worker running its
+    update): :meth:`due`, :meth:`begin`, :meth:`succeeded`, :meth:`failed`, :meth:`advance`
+    and :meth:`hold`.  :attr:`period` and :meth:`stats` may be used from any thread.
 
     :param period: a duration as :meth:`Timedelta.coerce <mqsync.Timedelta.coerce>` takes it
         (a ``Timedelta``, a ``datetime.timedelta``, ``"10s"``, or a number of seconds), at
@@ -113,14 +140,258 @@ class Scheduler:
     :param align: start the grid at a wall-clock multiple of the period plus ``offset``
         (like Telegraf's ``round_interval``), so many hosts sample at the same instants. The
         wall clock is read only when the grid is (re)anchored: at the first slot and on a
-        period change. Without ``align`` the first update runs at once.
+        period change. Without ``align`` the first slot is the moment the grid is first asked.
     :param offset: shift of the aligned grid, a duration as ``period``; may be negative; only
         with ``align``.
-    :param max_consecutive_failures: after this many ``update()`` failures in a row,
-        :meth:`run` raises :class:`TooManyFailures`; None never gives up.
     :param clock: a :class:`Clock`; :class:`SystemClock` by default.
     :param name: prefixes log messages (e.g. the source's token).
     :param history_size: how many recent lateness samples :meth:`recent_lateness_ns` keeps.
+    :param on_change: called (in the setter's thread) after :attr:`period` changed, so the
+        driver can wake up and take the new grid at once.
+    """
+
+    def __init__(
+        self,
+        period: DurationLike | None = None,
+        *,
+        align: bool = False,
+        offset: DurationLike = 0,
+        clock: Clock | None = None,
+        name: str = "",
+        history_size: int = 1024,
+        on_change: Callable[[], None] | None = None,
+    ):
+        offset_ns = Timedelta.coerce(offset, name="offset").ns
+        if offset_ns and not align:
+            raise ValueError(f"offset needs align=True, got offset={offset!r} with align=False")
+        if not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"history_size must be an int >= 0, got {history_size!r}")
+        self._period_ns: int | None = None if period is None else _period_ns(period)
+        self._align = bool(align)
+        self._offset_ns = offset_ns
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.name = name
+        self.label = f"{name}: " if name else ""
+        self._on_change = on_change
+
+        self._lock = threading.Lock()
+        self._reanchor = False
+        # The driver's state: the grid in use, its next slot, the slot the last update ran for.
+        self._active_ns: int | None = None
+        self._deadline: int | None = None
+        self._last_slot: int | None = None
+
+        self._updates = 0
+        self._failures = 0
+        self._consecutive_failures = 0
+        self._missed_slots = 0
+        self._overruns = 0
+        self._held_slots = 0
+        self._overrun_streak = 0
+        self._last_lateness_ns: int | None = None
+        self._lateness: deque[int] = deque(maxlen=history_size)
+        self._last_error: str | None = None
+        self._last_error_key: tuple[type, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Grid {self.name!r} period_ns={self._period_ns} align={self._align}>"
+
+    # -- any thread ------------------------------------------------------------------------
+
+    @property
+    def period(self) -> float | None:
+        """The period in seconds, None while unset.
+
+        Set it from any thread to any duration the constructor takes; the next slot then
+        lies on a grid with the new period: anchored at the last slot that ran (the next
+        one at or after now), or re-aligned to the wall clock with ``align``.  Setting None
+        pauses the schedule until a period is set again.  Setting the current value changes
+        nothing.
+        """
+        ns = self._period_ns
+        return None if ns is None else ns / NS_PER_S
+
+    @period.setter
+    def period(self, value: DurationLike | None) -> None:
+        ns = None if value is None else _period_ns(value)
+        with self._lock:
+            old = self._period_ns
+            if ns == old:
+                return
+            self._period_ns = ns
+            self._reanchor = True
+        logger.info(
+            "%speriod changed from %s to %s",
+            self.label,
+            "unset" if old is None else _ms(old),
+            "unset" if ns is None else _ms(ns),
+        )
+        if self._on_change is not None:
+            self._on_change()
+
+    @property
+    def period_ns(self) -> int | None:
+        """The period in integer nanoseconds, None while unset."""
+        return self._period_ns
+
+    def stats(self) -> SchedulerStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return SchedulerStats(
+                updates=self._updates,
+                failures=self._failures,
+                consecutive_failures=self._consecutive_failures,
+                missed_slots=self._missed_slots,
+                overruns=self._overruns,
+                last_lateness_ns=self._last_lateness_ns,
+                period_ns=self._period_ns,
+                last_error=self._last_error,
+                held_slots=self._held_slots,
+            )
+
+    def recent_lateness_ns(self) -> tuple[int, ...]:
+        """How late each of the last ``history_size`` updates began after its slot, oldest first."""
+        with self._lock:
+            return tuple(self._lateness)
+
+    # -- the driving thread ----------------------------------------------------------------
+
+    def due(self, now: int) -> int | None:
+        """The monotonic ns of the next slot, anchoring a new grid when there is none yet
+        or the period changed; None while the period is unset."""
+        with self._lock:
+            period = self._period_ns
+            if self._reanchor:
+                self._reanchor = False
+                self._deadline = None
+        self._active_ns = period
+        if period is None:
+            return None
+        if self._deadline is None:
+            self._deadline = self._anchor(period, now)
+        return self._deadline
+
+    def begin(self, now: int) -> bool:
+        """At or after the slot :meth:`due` returned: whether its update runs now.
+
+        True counts the update and its lateness.  False means the slot is stale (``now``
+        is a whole period or more after it): it is skipped and counted, and :meth:`due`
+        gives the next one.
+        """
+        period, deadline = self._active_ns, self._deadline
+        assert period is not None and deadline is not None, "begin() before due()"
+        lateness = now - deadline
+        if lateness >= period:
+            # Woke a whole period late (the machine stalled): this slot is stale as well.
+            self._deadline = self._skip(deadline, now, period)
+            return False
+        with self._lock:
+            self._updates += 1
+            self._last_lateness_ns = lateness
+            self._lateness.append(lateness)
+        return True
+
+    def succeeded(self) -> None:
+        """The update begun last returned."""
+        with self._lock:
+            streak = self._consecutive_failures
+            self._consecutive_failures = 0
+        self._last_error_key = None
+        if streak > 1:
+            logger.info("%supdate() succeeded after %d failures in a row", self.label, streak)
+
+    def failed(self, error: BaseException) -> int:
+        """The update begun last raised ``error``: count and log it; return the streak."""
+        text = f"{type(error).__name__}: {error}"
+        with self._lock:
+            self._failures += 1
+            self._consecutive_failures += 1
+            self._last_error = text
+            streak = self._consecutive_failures
+        key = (type(error), str(error))
+        # The same error again and again is logged at the 1st, 2nd, 4th, 8th ... time of a
+        # streak; a new kind of error is logged at once. All are counted.
+        if key != self._last_error_key or _is_power_of_two(streak):
+            logger.error("%supdate() failed (%d in a row)", self.label, streak,
+                         exc_info=(type(error), error, error.__traceback__))
+        self._last_error_key = key
+        return streak
+
+    def advance(self, now: int) -> None:
+        """After the update of the current slot: move to the next one, skipping (and
+        counting) the slots that passed meanwhile."""
+        period, deadline = self._active_ns, self._deadline
+        assert period is not None and deadline is not None, "advance() before due()"
+        self._last_slot = deadline
+        deadline += period
+        if now > deadline:
+            deadline = self._skip(deadline, now, period)
+        else:
+            self._overrun_streak = 0
+        self._deadline = deadline
+
+    def hold(self, until: int) -> None:
+        """Leave out the slots before ``until`` (a backoff); they count as ``held_slots``."""
+        period, deadline = self._active_ns, self._deadline
+        if period is None or deadline is None or deadline >= until:
+            return
+        held = _ceil_div(until - deadline, period)
+        with self._lock:
+            self._held_slots += held
+        self._deadline = deadline + held * period
+
+    def _anchor(self, period: int, now: int) -> int:
+        """The first slot of a new grid: at start, after the period was set or changed."""
+        last_slot = self._last_slot
+        if self._align:
+            # Time until the next wall-clock multiple of the period (+ offset), in [0, period).
+            slot = now + (self._offset_ns - self.clock.wall_ns()) % period
+            if last_slot is not None and slot <= last_slot:
+                slot += period
+            return slot
+        if last_slot is None:
+            return now
+        # Keep the phase of the grid the last update ran on: its next slot at or after now.
+        steps = max(1, _ceil_div(now - last_slot, period))
+        return last_slot + steps * period
+
+    def _skip(self, deadline: int, now: int, period: int) -> int:
+        """Skip the slots before ``now`` starting at ``deadline``; return the next slot."""
+        missed = _ceil_div(now - deadline, period)
+        with self._lock:
+            self._missed_slots += missed
+            self._overruns += 1
+        self._overrun_streak += 1
+        # Every overrun is counted; a steady overrun is logged at the 1st, 2nd, 4th, 8th ...
+        # event of a streak, so a slow update() at 100 Hz cannot flood the log.
+        if _is_power_of_two(self._overrun_streak):
+            logger.warning(
+                "%sskipped %d slot%s of %s: %s behind schedule "
+                "(update() too slow or process stalled; %d overrun%s in a row)",
+                self.label,
+                missed,
+                "" if missed == 1 else "s",
+                _ms(period),
+                _ms(now - deadline),
+                self._overrun_streak,
+                "" if self._overrun_streak == 1 else "s",
+            )
+        return deadline + missed * period
+
+
+def _check_max_failures(value: int | None, name: str) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or value < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+
+class Scheduler:
+    """Call ``update()`` on the grid ``t0 + k·period`` of the monotonic clock until stopped.
+
+    :param period, align, offset, clock, name, history_size: as :class:`Grid`. Without
+        ``align`` the first update runs at once.
+    :param max_consecutive_failures: after this many ``update()`` failures in a row,
+        :meth:`run` raises :class:`TooManyFailures`; None never gives up.
 
     Rules: a slot that has passed when the next slot is computed (``update()`` overran, or
     the process stalled) is skipped and counted in ``missed_slots``, never run late; a
@@ -140,87 +411,40 @@ class Scheduler:
         name: str = "",
         history_size: int = 1024,
     ):
-        offset_ns = Timedelta.coerce(offset, name="offset").ns
-        if offset_ns and not align:
-            raise ValueError(f"offset needs align=True, got offset={offset!r} with align=False")
-        if max_consecutive_failures is not None and (
-            not isinstance(max_consecutive_failures, int)
-            or isinstance(max_consecutive_failures, bool)
-            or max_consecutive_failures < 1
-        ):
-            raise ValueError(
-                "max_consecutive_failures must be None or an int >= 1, "
-                f"got {max_consecutive_failures!r}"
-            )
-        if not isinstance(history_size, int) or history_size < 0:
-            raise ValueError(f"history_size must be an int >= 0, got {history_size!r}")
-        self._period_ns: int | None = None if period is None else _period_ns(period)
-        self._align = bool(align)
-        self._offset_ns = offset_ns
-        self._max_failures = max_consecutive_failures
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._name = name
-        self._label = f"{name}: " if name else ""
-
-        self._lock = threading.Lock()
+        _check_max_failures(max_consecutive_failures, "max_consecutive_failures")
         # Set on stop() and on a period change: the only thing a waiting run() waits for.
         self._wakeup = threading.Event()
+        self._grid = Grid(period, align=align, offset=offset, clock=clock, name=name,
+                          history_size=history_size, on_change=self._wakeup.set)
+        self._max_failures = max_consecutive_failures
+        self._clock = self._grid.clock
+        self._name = name
+        self._lock = threading.Lock()
         self._stop_requested = False
-        self._period_changed = False
         self._running = False
-
-        self._updates = 0
-        self._failures = 0
-        self._consecutive_failures = 0
-        self._missed_slots = 0
-        self._overruns = 0
-        self._overrun_streak = 0
-        self._last_lateness_ns: int | None = None
-        self._lateness: deque[int] = deque(maxlen=history_size)
-        self._last_error_key: tuple[type, str] | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<Scheduler {self._name!r} period_ns={self._period_ns} align={self._align} "
-            f"running={self._running}>"
+            f"<Scheduler {self._name!r} period_ns={self._grid.period_ns} "
+            f"align={self._grid._align} running={self._running}>"
         )
 
     # -- configuration, callable from any thread ------------------------------------------
 
     @property
     def period(self) -> float | None:
-        """The period in seconds, None while unset.
-
-        Set it from any thread, also while :meth:`run` waits, to any duration the constructor
-        takes; the next slot then lies on a grid with the new period: anchored at
-        the last slot that ran (the next one at or after now), or re-aligned to the wall clock
-        with ``align``. Setting None pauses the schedule until a period is set again.
-        Setting the current value changes nothing.
-        """
-        ns = self._period_ns
-        return None if ns is None else ns / NS_PER_S
+        """The period in seconds, None while unset; settable as :attr:`Grid.period`, also
+        while :meth:`run` waits (it takes effect at once)."""
+        return self._grid.period
 
     @period.setter
     def period(self, value: DurationLike | None) -> None:
-        ns = None if value is None else _period_ns(value)
-        with self._lock:
-            old = self._period_ns
-            if ns == old:
-                return
-            self._period_ns = ns
-            self._period_changed = True
-        self._wakeup.set()
-        logger.info(
-            "%speriod changed from %s to %s",
-            self._label,
-            "unset" if old is None else _ms(old),
-            "unset" if ns is None else _ms(ns),
-        )
+        self._grid.period = value
 
     @property
     def period_ns(self) -> int | None:
         """The period in integer nanoseconds, None while unset."""
-        return self._period_ns
+        return self._grid.period_ns
 
     @property
     def running(self) -> bool:
@@ -240,21 +464,11 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         """A consistent snapshot of the counters."""
-        with self._lock:
-            return SchedulerStats(
-                updates=self._updates,
-                failures=self._failures,
-                consecutive_failures=self._consecutive_failures,
-                missed_slots=self._missed_slots,
-                overruns=self._overruns,
-                last_lateness_ns=self._last_lateness_ns,
-                period_ns=self._period_ns,
-            )
+        return self._grid.stats()
 
     def recent_lateness_ns(self) -> tuple[int, ...]:
         """How late each of the last ``history_size`` updates began after its slot, oldest first."""
-        with self._lock:
-            return tuple(self._lateness)
+        return self._grid.recent_lateness_ns()
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -268,7 +482,7 @@ class Scheduler:
         """
         with self._lock:
             if self._running:
-                raise RuntimeError(f"{self._label}Scheduler.run() is already running")
+                raise RuntimeError(f"{self._grid.label}Scheduler.run() is already running")
             self._running = True
         try:
             self._loop(update)
@@ -277,116 +491,456 @@ class Scheduler:
                 self._running = False
 
     def _loop(self, update: Callable[[], None]) -> None:
-        clock = self._clock
-        deadline: int | None = None  # the next slot, monotonic ns
-        last_slot: int | None = None  # the slot the last update ran for
+        clock, grid = self._clock, self._grid
         while True:
             # Clear before reading the state: a stop or change after this point sets the
             # event again, so the wait below returns at once instead of missing it.
             self._wakeup.clear()
-            with self._lock:
-                if self._stop_requested:
-                    return
-                period = self._period_ns
-                if self._period_changed:
-                    self._period_changed = False
-                    deadline = None
-            if period is None:
+            if self._stop_requested:
+                return
+            now = clock.monotonic_ns()
+            deadline = grid.due(now)
+            if deadline is None:
                 clock.wait(self._wakeup, None)
                 continue
-            now = clock.monotonic_ns()
-            if deadline is None:
-                deadline = self._anchor(period, now, last_slot)
             if now < deadline:
                 timeout_s = min((deadline - now) / NS_PER_S, threading.TIMEOUT_MAX)
                 clock.wait(self._wakeup, timeout_s)
                 continue  # re-check stop, period and time: a wait may end early or late
-            lateness = now - deadline
-            if lateness >= period:
-                # Woke a whole period late (the machine stalled): this slot is stale as well.
-                deadline = self._skip(deadline, now, period)
-                continue
             with self._lock:
                 if self._stop_requested:
                     return
-                self._updates += 1
-                self._last_lateness_ns = lateness
-                self._lateness.append(lateness)
+            if not grid.begin(now):
+                continue
             self._call(update)
             if self._stop_requested:
                 return  # stopped during update(): nothing after it is missed
-            last_slot = deadline
-            deadline += period
-            now = clock.monotonic_ns()
-            if now > deadline:
-                deadline = self._skip(deadline, now, period)
-            else:
-                self._overrun_streak = 0
-
-    def _anchor(self, period: int, now: int, last_slot: int | None) -> int:
-        """The first slot of a new grid: at start, after the period was set or changed."""
-        if self._align:
-            # Time until the next wall-clock multiple of the period (+ offset), in [0, period).
-            slot = now + (self._offset_ns - self._clock.wall_ns()) % period
-            if last_slot is not None and slot <= last_slot:
-                slot += period
-            return slot
-        if last_slot is None:
-            return now
-        # Keep the phase of the grid the last update ran on: its next slot at or after now.
-        steps = max(1, -(-(now - last_slot) // period))
-        return last_slot + steps * period
-
-    def _skip(self, deadline: int, now: int, period: int) -> int:
-        """Skip the slots before ``now`` starting at ``deadline``; return the next slot."""
-        missed = -(-(now - deadline) // period)
-        with self._lock:
-            self._missed_slots += missed
-            self._overruns += 1
-        self._overrun_streak += 1
-        # Every overrun is counted; a steady overrun is logged at the 1st, 2nd, 4th, 8th ...
-        # event of a streak, so a slow update() at 100 Hz cannot flood the log.
-        if _is_power_of_two(self._overrun_streak):
-            logger.warning(
-                "%sskipped %d slot%s of %s: %s behind schedule "
-                "(update() too slow or process stalled; %d overrun%s in a row)",
-                self._label,
-                missed,
-                "" if missed == 1 else "s",
-                _ms(period),
-                _ms(now - deadline),
-                self._overrun_streak,
-                "" if self._overrun_streak == 1 else "s",
-            )
-        return deadline + missed * period
+            grid.advance(clock.monotonic_ns())
 
     def _call(self, update: Callable[[], None]) -> None:
         try:
             update()
         except Exception as error:
-            self._on_failure(error)
+            streak = self._grid.failed(error)
+            if self._max_failures is not None and streak >= self._max_failures:
+                raise TooManyFailures(
+                    f"{self._grid.label}update() failed {streak} times in a row "
+                    f"(max_consecutive_failures={self._max_failures}); last error: {error!r}",
+                    failures=streak,
+                ) from error
         else:
-            with self._lock:
-                streak = self._consecutive_failures
-                self._consecutive_failures = 0
-            self._last_error_key = None
-            if streak > 1:
-                logger.info("%supdate() succeeded after %d failures in a row", self._label, streak)
+            self._grid.succeeded()
 
-    def _on_failure(self, error: Exception) -> None:
+
+# -- many grids, one timekeeper, a pool of workers ----------------------------------------
+
+
+@attrs.frozen
+class PoolStats:
+    """The worker pool of a :class:`MultiScheduler`: ``threads`` alive now, ``peak_threads``
+    ever alive at once, ``max_threads`` its bound, ``busy`` updates running now, ``queued``
+    updates due but waiting for a free thread, ``saturated`` how often an update had to wait
+    so, and ``started_threads`` in all (idle threads end after a while and are started again
+    when needed)."""
+
+    threads: int
+    peak_threads: int
+    max_threads: int
+    busy: int
+    queued: int
+    saturated: int
+    started_threads: int
+
+
+class _Pool:
+    """Up to ``max_threads`` threads running jobs; a thread is started when a job finds no
+    idle one, and ends after ``idle_s`` seconds without work."""
+
+    def __init__(self, name: str, max_threads: int, idle_s: float):
+        self.name = name
+        self.max_threads = max_threads
+        self._idle_s = idle_s
+        self._cond = threading.Condition()
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._threads: set[threading.Thread] = set()
+        self._ended: list[threading.Thread] = []  # ended while idle: joined by the next stop
+        self._idle = 0
+        self._stopping = False
+        self._numbers = itertools.count(1)
+        self._peak = 0
+        self._saturated = 0
+        self._started = 0
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Queue ``job``; False (and not queued) once the pool is stopping."""
+        with self._cond:
+            if self._stopping:
+                return False
+            self._jobs.append(job)
+            # An idle thread per queued job (a notified thread counts as idle until it
+            # took its job), else a new thread while below the bound.
+            if self._idle >= len(self._jobs):
+                self._cond.notify()
+            elif len(self._threads) < self.max_threads:
+                self._start_thread()
+            else:
+                self._saturated += 1
+            return True
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._main, daemon=True,
+                                  name=f"{self.name}-{next(self._numbers)}")
+        self._threads.add(thread)
+        self._started += 1
+        self._peak = max(self._peak, len(self._threads))
+        thread.start()
+
+    def _main(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._idle += 1
+                    woken = self._cond.wait(self._idle_s)
+                    self._idle -= 1
+                    if not woken and not self._jobs and not self._stopping:
+                        self._threads.discard(me)
+                        self._ended.append(me)
+                        return
+                if self._stopping:
+                    return
+                job = self._jobs.popleft()
+            try:
+                job()
+            except Exception:  # jobs handle their errors; a bug in one must not end the thread
+                logger.exception("%s: a scheduled job failed", self.name)
+
+    def stats(self, busy: int) -> PoolStats:
+        with self._cond:
+            return PoolStats(threads=len(self._threads), peak_threads=self._peak,
+                             max_threads=self.max_threads, busy=busy, queued=len(self._jobs),
+                             saturated=self._saturated, started_threads=self._started)
+
+    def stop(self, deadline: float) -> bool:
+        """Drop the queued jobs, let the running ones end, join every thread by ``deadline``
+        (``time.monotonic()``); whether all ended."""
+        with self._cond:
+            self._stopping = True
+            self._jobs.clear()
+            self._cond.notify_all()
+            threads = [*self._threads, *self._ended]
+            self._ended.clear()
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in threads if t.is_alive() and t is not current]
+        if stuck:
+            logger.error("%s: %d update thread(s) still running after stop: %s", self.name,
+                         len(stuck), ", ".join(sorted(stuck)))
+        return not stuck
+
+
+class _Entry:
+    """One grid of a :class:`MultiScheduler` and its update."""
+
+    __slots__ = ("key", "update", "grid", "busy", "removed", "version", "then", "retry_at",
+                 "idle")
+
+    def __init__(self, key: Hashable, update: Callable[[], None], grid: Grid):
+        self.key = key
+        self.update = update
+        self.grid = grid
+        self.busy = False
+        self.removed = False
+        self.version = 0  # heap items of older versions are stale
+        self.then: Callable[[], None] | None = None  # run once removed and idle
+        self.retry_at: int | None = None  # monotonic ns, while backing off
+        self.idle = threading.Event()
+        self.idle.set()
+
+
+class Timer:
+    """A call :meth:`MultiScheduler.call_later` will make; :meth:`cancel` it before."""
+
+    __slots__ = ("function", "cancelled")
+
+    def __init__(self, function: Callable[[], None]):
+        self.function = function
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not make the call (if it has not begun)."""
+        self.cancelled = True
+
+
+class MultiScheduler:
+    """Many grids, one thread that keeps their time, a bounded pool of threads that runs
+    their updates.
+
+    Each grid keeps :class:`Scheduler`'s guarantees: a fixed grid per grid (no drift),
+    stale slots skipped and counted, never a burst, never two updates of one grid at once.
+    A slot that comes while the grid's last update still runs is skipped and counted.  An
+    update that blocks holds one worker thread and delays no other grid, as long as a
+    thread is free: the pool starts threads when updates find none idle, up to
+    ``max_workers``, and idle threads end after ``idle_timeout``.  Where every thread is
+    busy, due updates wait in a queue (:attr:`PoolStats.saturated` counts it); one that
+    waited a whole period is skipped.
+
+    An update that raises is logged and counted; after ``backoff_after`` failures in a
+    row the grid backs off: its next slot is the first one at least ``backoff`` later,
+    doubling with each further failure up to ``max_backoff``; the slots left out count as
+    ``held_slots``.  A success ends the backoff.
+
+    :param max_workers: the most updates that run at once (threads), >= 1.
+    :param clock: a :class:`Clock`; :class:`SystemClock` by default.
+    :param name: names the threads and prefixes log messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_workers: int = 8,
+        clock: Clock | None = None,
+        name: str = "scheduler",
+        backoff_after: int | None = 3,
+        backoff: DurationLike = 1.0,
+        max_backoff: DurationLike = 300.0,
+        idle_timeout: DurationLike = 30.0,
+    ):
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        _check_max_failures(backoff_after, "backoff_after")
+        self._backoff_after = backoff_after
+        self._backoff_ns = Timedelta.coerce(backoff, name="backoff", positive=True).ns
+        self._max_backoff_ns = Timedelta.coerce(max_backoff, name="max_backoff",
+                                                positive=True).ns
+        if self._max_backoff_ns < self._backoff_ns:
+            raise ValueError(f"max_backoff ({max_backoff!r}) must not be shorter than "
+                             f"backoff ({backoff!r})")
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self.name = name
+        self._pool = _Pool(f"mqsync-{name}-update", max_workers,
+                           Timedelta.coerce(idle_timeout, name="idle_timeout", positive=True).s)
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._entries: dict[Hashable, _Entry] = {}
+        self._heap: list[tuple[int, int, int, Any]] = []
+        self._dirty: list[_Entry] = []
+        self._seq = itertools.count()
+        self._stop_requested = False
+        self._running = False
+
+    def __repr__(self) -> str:
+        return f"<MultiScheduler {self.name!r} grids={len(self._entries)} running={self._running}>"
+
+    # -- grids, from any thread ------------------------------------------------------------
+
+    def add(self, key: Hashable, update: Callable[[], None], period: DurationLike | None, *,
+            align: bool = False, offset: DurationLike = 0, name: str | None = None,
+            history_size: int = 1024) -> Grid:
+        """Run ``update()`` on a new grid (arguments as :class:`Grid`); returns the grid,
+        whose :attr:`Grid.period` may be set any time.
+
+        Raises:
+            KeyError: a grid with this key exists.
+        """
+        entry: _Entry
+        grid = Grid(period, align=align, offset=offset, clock=self._clock,
+                    name=str(key) if name is None else name, history_size=history_size,
+                    on_change=lambda: self._changed(entry))
+        entry = _Entry(key, update, grid)
         with self._lock:
-            self._failures += 1
-            self._consecutive_failures += 1
-            streak = self._consecutive_failures
-        key = (type(error), str(error))
-        # The same error again and again is logged at the 1st, 2nd, 4th, 8th ... time of a
-        # streak; a new kind of error is logged at once. All are counted.
-        if key != self._last_error_key or _is_power_of_two(streak):
-            logger.exception("%supdate() failed (%d in a row)", self._label, streak)
-        self._last_error_key = key
-        if self._max_failures is not None and streak >= self._max_failures:
-            raise TooManyFailures(
-                f"{self._label}update() failed {streak} times in a row "
-                f"(max_consecutive_failures={self._max_failures}); last error: {error!r}",
-                failures=streak,
-            ) from error
+            if key in self._entries:
+                raise KeyError(f"{self.name}: a grid named {key!r} exists")
+            self._entries[key] = entry
+            self._dirty.append(entry)
+        self._wakeup.set()
+        return grid
+
+    def remove(self, key: Hashable, then: Callable[[], None] | None = None) -> bool:
+        """Stop the grid ``key``: no update of it begins from now on.  ``then()`` runs (on
+        a worker) once its running update, if any, returned.  False if there is no such grid.
+        """
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            entry.removed = True
+            entry.version += 1
+            if entry.busy:
+                entry.then = then
+                return True
+        if then is not None and not self._pool.submit(then):
+            then()  # stopping: no worker takes it
+        return True
+
+    def wait_idle(self, key: Hashable, timeout: float) -> bool:
+        """Wait until no update of ``key`` runs; whether that happened in ``timeout`` s."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return True if entry is None else entry.idle.wait(timeout)
+
+    def call_later(self, delay: DurationLike, function: Callable[[], None]) -> Timer:
+        """Call ``function()`` on a worker ``delay`` from now (once); returns a :class:`Timer`."""
+        delay_ns = Timedelta.coerce(delay, name="delay", negative=False).ns
+        timer = Timer(function)
+        with self._lock:
+            heapq.heappush(self._heap, (self._clock.monotonic_ns() + delay_ns, next(self._seq),
+                                        0, timer))
+        self._wakeup.set()
+        return timer
+
+    def grid(self, key: Hashable) -> Grid:
+        """The grid ``key`` (KeyError if there is none)."""
+        with self._lock:
+            return self._entries[key].grid
+
+    def keys(self) -> list[Hashable]:
+        """The keys of the grids, in the order they were added."""
+        with self._lock:
+            return list(self._entries)
+
+    def busy(self, key: Hashable) -> bool:
+        """Whether an update of ``key`` runs now."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry.busy
+
+    def retry_at(self, key: Hashable) -> int | None:
+        """While ``key`` backs off after failures: the monotonic ns of its next try."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return None if entry is None else entry.retry_at
+
+    def pool_stats(self) -> PoolStats:
+        """The worker pool's threads and queue."""
+        with self._lock:
+            busy = sum(entry.busy for entry in self._entries.values())
+        return self._pool.stats(busy)
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` executes."""
+        return self._running
+
+    @property
+    def max_workers(self) -> int:
+        """The most updates that run at once; settable (a lower bound lets running
+        updates finish, and idle threads end)."""
+        return self._pool.max_threads
+
+    @max_workers.setter
+    def max_workers(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {value!r}")
+        self._pool.max_threads = value
+
+    def _changed(self, entry: _Entry) -> None:
+        """A grid's period changed: re-time it now (unless its update runs: then after)."""
+        with self._lock:
+            if entry.removed or entry.busy:
+                return
+            entry.version += 1  # its heap item is stale
+            self._dirty.append(entry)
+        self._wakeup.set()
+
+    # -- the timekeeper ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Keep time and hand due updates to the workers until :meth:`stop`; blocks."""
+        with self._lock:
+            if self._running:
+                raise RuntimeError(f"{self.name}: MultiScheduler.run() is already running")
+            self._running = True
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                self._running = False
+
+    def _loop(self) -> None:
+        clock, heap = self._clock, self._heap
+        while True:
+            self._wakeup.clear()  # before reading the state: see Scheduler._loop
+            with self._lock:
+                if self._stop_requested:
+                    return
+                now = clock.monotonic_ns()
+                for entry in self._dirty:
+                    if not entry.removed and not entry.busy:
+                        self._push(entry, now)
+                self._dirty.clear()
+                due: list[Callable[[], None]] = []
+                while heap and heap[0][0] <= now:
+                    _, _, version, item = heapq.heappop(heap)
+                    if isinstance(item, Timer):
+                        if not item.cancelled:
+                            due.append(item.function)
+                    elif version == item.version and not item.removed and not item.busy:
+                        item.busy = True
+                        item.idle.clear()
+                        due.append(self._job(item))
+                timeout = None if not heap else \
+                    min((heap[0][0] - now) / NS_PER_S, threading.TIMEOUT_MAX)
+            for job in due:
+                self._pool.submit(job)
+            clock.wait(self._wakeup, timeout)
+
+    def _push(self, entry: _Entry, now: int) -> None:
+        """Under the lock: put ``entry``'s next slot on the heap (none while unset)."""
+        entry.version += 1
+        slot = entry.grid.due(now)
+        if slot is not None:
+            heapq.heappush(self._heap, (slot, next(self._seq), entry.version, entry))
+
+    def _job(self, entry: _Entry) -> Callable[[], None]:
+        return lambda: self._run_update(entry)
+
+    def _run_update(self, entry: _Entry) -> None:
+        """On a worker: the update of ``entry``'s due slot, unless the slot went stale."""
+        grid, clock = entry.grid, self._clock
+        try:
+            if entry.removed or self._stop_requested:
+                return
+            if not grid.begin(clock.monotonic_ns()):
+                return  # waited a whole period for a worker: skipped, counted
+            try:
+                entry.update()
+            except Exception as error:
+                streak = grid.failed(error)
+                now = clock.monotonic_ns()
+                grid.advance(now)
+                if self._backoff_after is not None and streak >= self._backoff_after:
+                    delay = min(self._max_backoff_ns,
+                                self._backoff_ns << min(streak - self._backoff_after, 40))
+                    grid.hold(now + delay)
+                    entry.retry_at = now + delay
+                    logger.warning("%s%d failures in a row; next try in %.3g s", grid.label,
+                                   streak, delay / NS_PER_S)
+            else:
+                grid.succeeded()
+                entry.retry_at = None
+                grid.advance(clock.monotonic_ns())
+        finally:
+            with self._lock:
+                entry.busy = False
+                then = entry.then if entry.removed else None
+                entry.then = None
+                if not entry.removed:
+                    self._dirty.append(entry)
+                entry.idle.set()
+            self._wakeup.set()
+            if then is not None:
+                then()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop handing out updates, wait up to ``timeout`` s for the running ones, end the
+        workers.  Returns whether every worker ended.  Idempotent; an update running is not
+        interrupted, none begins after stop() was called."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stop_requested = True
+        self._wakeup.set()
+        return self._pool.stop(deadline)
+
