@@ -18,7 +18,8 @@ import importlib.metadata
 import logging
 import math
 import os
-from typing import Any, ClassVar, Iterable, Mapping
+import time
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import attrs
 import pluggy
@@ -26,6 +27,7 @@ import pluggy
 from .errors import ConfigError, PluginError
 from .interval_source import IntervalSource
 from .rpc import rpc_handler
+from .source import Source
 from .timeseries import DurationLike, Timedelta
 
 logger = logging.getLogger(__name__)
@@ -257,6 +259,45 @@ class PluginSource(IntervalSource):
         """The metrics this source sends, with their metadata."""
         return {}
 
+    def interrupt(self) -> None:
+        """Make a running :meth:`update` return soon (kill a child process, cancel a wait).
+
+        Called from another thread when the source stops, or when a
+        :class:`~mqsync.host.SourceHost` drops it, while an update may be running.
+        """
+
+    def close(self, timeout: float) -> None:
+        """Release what :meth:`configure` opened (devices, child processes, sessions).
+
+        Called once, after the last update returned (or ``timeout`` seconds were not
+        enough for it), when the source stops or its host drops it.
+        """
+
+    def _on_stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        # not under the callback lock: an update() may be waiting for a device right now
+        self.interrupt()
+        try:
+            super()._on_stop(timeout)
+        finally:
+            self.close(max(0.0, deadline - time.monotonic()))
+
+    # -- in a host ---------------------------------------------------------------------
+
+    def route_to(self, outlet: Source, declare: Callable[..., None]) -> None:
+        """Send through ``outlet`` instead of a connection of this source's own.
+
+        A :class:`~mqsync.host.SourceHost` runs many plugin sources in one process on its
+        one connection pair: it never starts them, but routes their :meth:`send`,
+        :meth:`send_many`, :meth:`metric` and :meth:`flush` to itself, and their
+        :meth:`declare_metrics` to ``declare``, which declares the metrics under the
+        host's token.  (``source[name]`` still names this source's own handle: hosted
+        sources use :meth:`metric`.)
+        """
+        for name in ("send", "send_many", "metric", "flush"):
+            setattr(self, name, _forward(outlet, name))
+        self.declare_metrics = declare  # type: ignore[method-assign]
+
     # -- configuration ---------------------------------------------------------------
 
     def apply_config(self, received: Mapping[str, Any]) -> None:
@@ -294,6 +335,15 @@ class PluginSource(IntervalSource):
         """Updates per second, for the metrics' ``rate`` metadata."""
         period = self.period
         return None if period is None or not period.ns else 1e9 / period.ns
+
+
+def _forward(outlet: Source, name: str) -> Callable[..., Any]:
+    """``outlet.<name>(...)``, looked up at each call (a tap on the outlet sees it)."""
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return getattr(outlet, name)(*args, **kwargs)
+
+    forward.__name__ = name
+    return forward
 
 
 def _period_of(config: Mapping[str, Any]) -> Timedelta | None:

@@ -85,11 +85,12 @@ class IpmiSource(PluginSource):
         }
         return self.declare_new_metrics(entries)
 
-    def _on_stop(self, timeout: float) -> None:
-        # not under the callback lock: an update() may be waiting for a BMC right now
+    def interrupt(self) -> None:
         collector = self._collector
         if collector is not None:
             collector.cancel()  # kill running tools so the update returns now
-        super()._on_stop(timeout)
+
+    def close(self, timeout: float) -> None:
+        collector = self._collector
         if collector is not None:
             collector.close(timeout)
