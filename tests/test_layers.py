@@ -35,7 +35,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "mqsync.streamer",
     ]),
     ("servers and tools", [
-        "mqsync.manager", "mqsync.db", "mqsync.embedded", "mqsync.plugin", "mqsync.datalogger",
+        "mqsync.manager", "mqsync.db", "mqsync.embedded", "mqsync.plugin", "mqsync.host",
+        "mqsync.datalogger",
         "mqsync.cli", "mqsync.pytest_plugin",
     ]),
     # the package itself re-exports the public API of every layer

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from ..config import read_config_file
 from ..errors import ConfigError, MqsyncError, PluginError
+from ..host import HostConfig, SourceHost, default_host_token, is_host_file
 from ..plugin import LoadedKind, PluginSet, load_plugins
 from ..sink import Sink
 from ..timeseries import Timedelta, Timestamp
@@ -54,6 +55,8 @@ examples:
   mqsync-source --usage sysinfo                   the plugin's configuration keys
   mqsync-source --plugin sysinfo --url amqp://user:pass@broker/ --config sysinfo.toml
   MQSYNC_URL=amqp://... mqsync-source --plugin dummy --period 100ms --token source-demo
+  mqsync-source --config host.toml --url amqp://...   every [[sources.<kind>]] of the file
+                                                   in one process; SIGHUP re-reads it
 
 exit codes: 0 stopped cleanly (also on SIGINT/SIGTERM), 1 the source failed,
 2 bad command line, plugin or configuration, 3 no connection to the network,
@@ -132,13 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         return _list_plugins(plugins, args.json)
     if args.usage:
         return _usage(plugins, args.usage, args.json)
+    try:
+        config = read_config_file(args.config) if args.config else {}
+    except ConfigError as error:
+        print(f"mqsync-source: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if is_host_file(config):
+        return _main_host(args, plugins, config)
     if not args.plugin:
         parser.print_usage(sys.stderr)
-        print("mqsync-source: --plugin NAME is required (see --list-plugins)", file=sys.stderr)
+        print("mqsync-source: --plugin NAME is required (see --list-plugins), or --config "
+              "with a host file of [[sources.<kind>]] tables", file=sys.stderr)
         return EXIT_USAGE
     try:
         loaded = plugins.get(args.plugin)
-        config = read_config_file(args.config) if args.config else {}
         period = Timedelta.coerce(args.period, name="period") if args.period else None
         token = args.token or default_token(args.plugin)
         source = _make_source(loaded, token, args.url, config, period, once=args.once)
@@ -153,6 +163,68 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_OK
     return _run(source, args)
+
+
+def _main_host(args: argparse.Namespace, plugins: PluginSet, data: dict[str, Any]) -> int:
+    """``--config`` names a host file: run every instance it lists in this process."""
+    if args.plugin or args.period:
+        option = "--plugin" if args.plugin else "--period"
+        print(f"mqsync-source: {args.config} is a host file ([[sources.<kind>]] tables): "
+              f"{option} does not apply; give each instance its kind and period there",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = HostConfig.from_mapping(data, plugins)
+    except ConfigError as error:
+        print(f"mqsync-source: {args.config}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    token = args.token or config.token or default_host_token()
+    try:
+        host = SourceHost(token, args.url, config=config, plugins=plugins,
+                          schedule=not (args.once or args.check))
+    except (TypeError, ValueError) as error:
+        print(f"mqsync-source: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        try:
+            return _check_host(host, args)
+        finally:
+            host.stop()
+
+    def reload() -> None:
+        try:
+            report = host.reload(HostConfig.read(args.config, plugins))
+        except ConfigError as error:
+            print(f"mqsync-source: reload refused, the running instances go on: {error}",
+                  file=sys.stderr, flush=True)
+            return
+        print(f"mqsync-source: reloaded {args.config}: {report.summary()}", file=sys.stderr,
+              flush=True)
+        for name, reason in sorted(report.refused.items()):
+            print(f"mqsync-source: {name} keeps its configuration: {reason}", file=sys.stderr,
+                  flush=True)
+
+    return _run(host, args, reload=reload)
+
+
+def _check_host(host: SourceHost, args: argparse.Namespace) -> int:
+    """``--check`` of a host file: one line per instance; exit 2 if any is refused."""
+    refused = 0
+    for name, stats in host.instance_stats().items():
+        if stats.state == "unconfigured":
+            refused += 1
+            print(f"mqsync-source: {name} ({stats.kind}): {stats.last_error}", file=sys.stderr)
+        else:
+            source = host.instances[name]
+            assert source is not None
+            print(f"mqsync-source: {name} ({stats.kind}): configuration OK, every "
+                  f"{source.period or 'time a rate or period is set'}; metrics: "
+                  f"{', '.join(sorted(source.metrics())) or 'none'}")
+    if refused:
+        print(f"mqsync-source: {args.config}: {refused} of {len(host.instances)} instance(s) "
+              "refused", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _make_source(
@@ -172,12 +244,16 @@ def _make_source(
         raise ConfigError(f"plugin {loaded.kind.name!r}: {error}") from error
 
 
-def _run(source: Any, args: argparse.Namespace) -> int:
+def _run(source: Any, args: argparse.Namespace, reload: Any = None) -> int:
     stop = threading.Event()
+    reload_requested = threading.Event()
     previous = {
         signum: signal.signal(signum, lambda *_: stop.set())
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
+    if reload is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP,
+                                                lambda *_: reload_requested.set())
     printer: PrintingSink | None = None
     try:
         failed = _start(source, args)
@@ -192,15 +268,20 @@ def _run(source: Any, args: argparse.Namespace) -> int:
                 print(f"mqsync-source: {error}", file=sys.stderr)
                 return EXIT_FAILURE
             print(
-                f"mqsync-source: {args.plugin} on an embedded network (no --url); "
+                f"mqsync-source: {_what(source, args)} on an embedded network (no --url); "
                 "printing live values, Ctrl-C to stop",
                 file=sys.stderr,
                 flush=True,
             )
         else:
             print(f"mqsync-source: {_startup_line(source, args)}", file=sys.stderr, flush=True)
+        def poll() -> None:
+            if reload_requested.is_set():
+                reload_requested.clear()
+                reload()
+
         try:
-            _serve(source, printer, stop, args.status_interval)
+            _serve(source, printer, stop, args.status_interval, poll if reload else None)
         except MqsyncError as error:  # the printer could not subscribe to a new metric
             print(f"mqsync-source: {error}", file=sys.stderr)
             return EXIT_FAILURE
@@ -235,14 +316,19 @@ def _start(source: Any, args: argparse.Namespace) -> int | None:
 
 
 def _serve(
-    source: Any, printer: PrintingSink | None, stop: threading.Event, status_interval: float | None
+    source: Any,
+    printer: PrintingSink | None,
+    stop: threading.Event,
+    status_interval: float | None,
+    poll: Any = None,
 ) -> None:
-    """Until a signal, a closed stdout or a failure: subscribe the printer to new metrics
-    and print a status line every ``status_interval`` seconds."""
+    """Until a signal, a closed stdout or a failure: subscribe the printer to new metrics,
+    print a status line every ``status_interval`` seconds, and call ``poll()`` (a reload
+    asked for by SIGHUP) every half second."""
     known = set(source.metrics()) if printer is not None else set()
     every = status_interval or 0.0  # 0: no status lines
     next_status = time.monotonic() + every if every else None
-    last_points = 0
+    last: dict[str, Any] = {}
     while True:
         wait = 0.5
         if next_status is not None:
@@ -250,9 +336,11 @@ def _serve(
         # the signals are the command's (stop): source.wait must not take them over
         if stop.wait(wait) or source.wait(0, catch_signals=()):  # stopped by itself
             return
+        if poll is not None:
+            poll()
         if next_status is not None and time.monotonic() >= next_status:
-            line, last_points = _status_line(source, last_points)
-            print(f"mqsync-source: {line}", file=sys.stderr, flush=True)
+            for line in _status_lines(source, last):
+                print(f"mqsync-source: {line}", file=sys.stderr, flush=True)
             while next_status <= time.monotonic():  # never a burst after a stall
                 next_status += every
         if printer is not None:
@@ -262,28 +350,48 @@ def _serve(
                 known = current
 
 
+def _what(source: Any, args: argparse.Namespace) -> str:
+    """The plugin, or the host file and its number of instances."""
+    if isinstance(source, SourceHost):
+        return f"{args.config} ({len(source.instances)} instances)"
+    return str(args.plugin)
+
+
 def _startup_line(source: Any, args: argparse.Namespace) -> str:
     """What runs where: plugin, token, masked URL, how many metrics, how often."""
     count = len(source.metrics())
-    period = source.period
-    every = f"every {period}" if period is not None else "waiting for a rate or period"
+    if isinstance(source, SourceHost):
+        periods = sorted({s.period_ns for s in source.instance_stats().values()
+                          if s.period_ns is not None})
+        every = (f"every {Timedelta(periods[0])}" if len(periods) == 1 else
+                 f"every {Timedelta(periods[0])} to {Timedelta(periods[-1])}" if periods else
+                 "no instance configured yet")
+    else:
+        period = source.period
+        every = f"every {period}" if period is not None else "waiting for a rate or period"
     status = (
         f"; a status line every {Timedelta.from_s(args.status_interval)}"
         if args.status_interval
         else ""
     )
     return (
-        f"{args.plugin} sending {count} metric(s) {every} as {source.token!r} to "
+        f"{_what(source, args)} sending {count} metric(s) {every} as {source.token!r} to "
         f"{source.url}{status}"
     )
 
 
-def _status_line(source: Any, last_points: int) -> tuple[str, int]:
-    """One line of counters, and the points sent so far (for the next line's increase)."""
+def _status_lines(source: Any, last: dict[str, Any]) -> list[str]:
+    """The status line of counters; for a host, one more line per instance that is not
+    running well or skipped slots since the last status.  ``last`` keeps what the previous
+    call saw, for the increases."""
     stats = source.stats()
     points = stats["sent_points"]
     parts = [f"status: {points} points in {stats['sent_chunks']} chunks sent "
-             f"(+{points - last_points})"]
+             f"(+{points - last.get('points', 0)})"]
+    last["points"] = points
+    if "instances" in stats:
+        parts.append(f"{stats['instances']} instances ({stats['instances_failing']} not "
+                     f"running well), {stats['update_threads']} update threads")
     if "updates" in stats:
         parts.append(
             f"{stats['updates']} updates ({stats['update_failures']} failed, "
@@ -293,7 +401,25 @@ def _status_line(source: Any, last_points: int) -> tuple[str, int]:
     parts.append(f"{stats.get('lost_points', 0)} points lost")
     if stats.get("spooled_points"):
         parts.append(f"{stats['spooled_points']} points spooled")
-    return ", ".join(parts), points
+    lines = [", ".join(parts)]
+    if isinstance(source, SourceHost):
+        seen = last.setdefault("instances", {})
+        for name, instance in source.instance_stats().items():
+            before = seen.get(name, (0, 0))
+            seen[name] = (instance.failures, instance.missed_slots)
+            if instance.state == "running" and (instance.failures, instance.missed_slots) \
+                    == before:
+                continue
+            line = (f"status: {name} ({instance.kind}) {instance.state}: "
+                    f"{instance.updates} updates, {instance.failures} failed "
+                    f"(+{instance.failures - before[0]}), {instance.missed_slots} slots missed "
+                    f"(+{instance.missed_slots - before[1]})")
+            if instance.last_error and instance.state != "running":
+                line += f", last error: {instance.last_error}"
+            if instance.retry_in_s is not None:
+                line += f", next try in {instance.retry_in_s:.1f} s"
+            lines.append(line)
+    return lines
 
 
 def _start_printer(source: Any, on_closed: Any) -> PrintingSink:
@@ -337,14 +463,15 @@ def _once(source: Any, args: argparse.Namespace, stop: threading.Event) -> int:
         )
 
     source.send, source.send_many = tap, tap_many
+    failed: dict[str, BaseException] = {}
     try:
         wait = _priming_seconds(source)
         if wait:
-            source.update()
+            _update_once(source, primed_only=True)
             if stop.wait(wait):  # SIGINT/SIGTERM while priming: nothing sent
                 return EXIT_OK
         priming = False
-        source.update()
+        failed = _update_once(source)
         source.flush()
     except Exception as error:  # noqa: BLE001 - the exit code and message say it
         print(f"mqsync-source: the update failed: {type(error).__name__}: {error}", file=sys.stderr)
@@ -364,12 +491,39 @@ def _once(source: Any, args: argparse.Namespace, stop: threading.Event) -> int:
         shown = ", ".join(silent[:5]) + (", ..." if len(silent) > 5 else "")
         note = f"; no value for {len(silent)} of {len(declared)} declared metric(s): {shown}"
     print(f"mqsync-source: sent {len(sent)} point(s) to {where}{note}", file=sys.stderr)
-    return EXIT_OK
+    for name, failure in sorted(failed.items()):
+        print(f"mqsync-source: the update of {name} failed: {type(failure).__name__}: "
+              f"{failure}", file=sys.stderr)
+    if isinstance(source, SourceHost):
+        for name, stats in source.instance_stats().items():
+            if stats.state == "unconfigured":
+                failed[name] = ConfigError(str(stats.last_error))
+                print(f"mqsync-source: {name} ({stats.kind}) was not configured: "
+                      f"{stats.last_error}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _update_once(source: Any, primed_only: bool = False) -> dict[str, BaseException]:
+    """One update of the source, or of every instance of a host (``primed_only``: of those
+    that need a priming update); a host's failed instances by name (a plain source's
+    failure raises)."""
+    if not isinstance(source, SourceHost):
+        source.update()
+        return {}
+    names = None
+    if primed_only:
+        names = [name for name, instance in source.instances.items()
+                 if instance is not None and _priming_seconds(instance)]
+    return {name: error for name, error in source.update_once(names).items()
+            if error is not None}
 
 
 def _priming_seconds(source: Any) -> float:
     """The plugin's ``priming_interval`` in seconds (0: none), at most
-    :data:`MAX_PRIMING_SECONDS`."""
+    :data:`MAX_PRIMING_SECONDS`; for a host, the longest of its instances'."""
+    if isinstance(source, SourceHost):
+        return max((_priming_seconds(instance) for instance in source.instances.values()
+                    if instance is not None), default=0.0)
     declared = getattr(source, "priming_interval", None)
     if declared is None:
         return 0.0

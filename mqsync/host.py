@@ -1,0 +1,645 @@
+"""SourceHost: many plugin instances in one process, on one connection pair and one schedule.
+
+A host runs every source of a machine from one file, the way an agent runs its inputs::
+
+    token = "source-host-node01"   # optional (default: --token, or source-host-<host>)
+    workers = 8                     # optional: at most this many updates run at once
+
+    [[sources.sysinfo]]
+    period = "1s"
+
+    [[sources.ipmi]]
+    name = "bmc-rack1"              # needed when a kind has more than one instance
+    hosts = ["10.0.0.11", "10.0.0.12"]
+    period = "10s"
+
+    [[sources.ipmi]]
+    name = "bmc-rack2"
+    hosts = ["10.0.1.11"]
+    period = "10s"
+
+Each ``[[sources.<kind>]]`` table is one instance of a source kind (a plugin); its keys
+other than ``name`` are that kind's configuration (``mqsync-source --usage <kind>``).
+
+What a host guarantees:
+
+- **One connection pair, one token.**  The host is one :class:`~mqsync.Source`: one
+  management and one data connection, whatever the number of instances, and every
+  instance's metrics are declared under the host's token.  Per-instance tokens would
+  need a registration, an RPC queue and a data connection each, which is what a host
+  saves.  The manager's configuration model is per token: a host takes its instances
+  from its file only, and logs a warning if the manager holds a configuration for its
+  token.  Two instances may not send the same metric: the second one is refused.
+- **One schedule.**  A :class:`~mqsync.scheduler.MultiScheduler` keeps every instance on
+  its own drift-free grid and runs updates on a bounded pool of threads (``workers``):
+  an instance whose update blocks (an unreachable BMC) holds one thread and delays no
+  other instance, and one instance never has two updates running at once.
+- **Failure isolation.**  An instance that cannot be configured is reported by name and
+  tried again with backoff (1 s, doubling, at most ``max_backoff``); one whose updates
+  keep failing (``backoff_after`` in a row) backs off the same way.  The others run on.
+- **Reload.**  :meth:`SourceHost.reload` (``mqsync-source`` on SIGHUP) applies a new file:
+  instances added, removed or changed are started, dropped or replaced; unchanged ones
+  are not touched, so their schedule and their points go on as if nothing happened.  A
+  changed instance whose new configuration is refused keeps its old one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+from .config import read_config_file
+from .errors import ConfigError
+from .plugin import LoadedKind, PluginSet, PluginSource
+from .rpc import rpc_handler
+from .scheduler import NS_PER_S, Clock, MultiScheduler, PoolStats, Timer
+from .source import Source
+from .timeseries import DurationLike, Timedelta
+
+logger = logging.getLogger(__name__)
+
+#: The keys of a host file's top level.
+HOST_KEYS = ("token", "workers", "backoff_after", "max_backoff", "sources")
+_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+#: How long a dropped instance's last update may take before its resources are closed anyway.
+CLOSE_TIMEOUT = 5.0
+
+
+def default_host_token() -> str:
+    """``source-host-<short host name>``."""
+    host = socket.gethostname().split(".")[0] or "localhost"
+    return f"source-host-{host}"
+
+
+def is_host_file(data: Mapping[str, Any]) -> bool:
+    """Whether a parsed configuration file describes a host (it has ``sources``)."""
+    return "sources" in data
+
+
+@attrs.frozen
+class InstanceSpec:
+    """One ``[[sources.<kind>]]`` table: the instance's name, its kind and configuration."""
+
+    name: str
+    kind: str
+    config: Mapping[str, Any] = attrs.field(converter=dict)
+
+
+@attrs.frozen
+class HostConfig:
+    """A checked host file."""
+
+    instances: tuple[InstanceSpec, ...]
+    token: str | None = None
+    workers: int = 8
+    backoff_after: int = 3
+    max_backoff: Timedelta = Timedelta.from_s(300)
+
+    @classmethod
+    def read(cls, path: str | Path, plugins: PluginSet) -> HostConfig:
+        """Read and check a host file (TOML or JSON).
+
+        Raises:
+            ConfigError: the file cannot be read, or names an unknown key or kind, a bad
+                name or a name twice; the message names the file.
+        """
+        data = read_config_file(path)
+        try:
+            return cls.from_mapping(data, plugins)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], plugins: PluginSet) -> HostConfig:
+        """Check a parsed host file; see :meth:`read`.  Instance configurations are checked
+        by their plugins when the host configures them."""
+        _refuse_unknown("host file", data, HOST_KEYS)
+        sources = data.get("sources")
+        if not isinstance(sources, Mapping) or not sources:
+            raise ConfigError("'sources' must hold at least one table [[sources.<kind>]], "
+                              "e.g. [[sources.sysinfo]]")
+        instances: list[InstanceSpec] = []
+        for kind, tables in sources.items():
+            try:
+                plugins.get(kind)
+            except Exception as error:  # noqa: BLE001 - PluginError: said with its place
+                raise ConfigError(f"sources.{kind}: {error}") from None
+            if isinstance(tables, Mapping):
+                tables = [tables]
+            if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+                raise ConfigError(f"sources.{kind} must be a table or a list of tables "
+                                  f"([[sources.{kind}]]), got {type(tables).__name__}")
+            for index, table in enumerate(tables):
+                config = dict(table)
+                name = config.pop("name", None)
+                if name is None:
+                    if len(tables) > 1:
+                        raise ConfigError(f"sources.{kind}[{index}]: {len(tables)} instances "
+                                          f"of {kind!r} need a name each (name = \"...\")")
+                    name = kind
+                if not isinstance(name, str) or not _NAME.match(name):
+                    raise ConfigError(f"sources.{kind}[{index}]: invalid name {name!r}: "
+                                      "expected letters, digits, '_' and '-', e.g. 'bmc-rack1'")
+                instances.append(InstanceSpec(name, kind, config))
+        seen: dict[str, str] = {}
+        for spec in instances:
+            if spec.name in seen:
+                raise ConfigError(f"instance name {spec.name!r} is used twice (sources."
+                                  f"{seen[spec.name]} and sources.{spec.kind})")
+            seen[spec.name] = spec.kind
+        token = data.get("token")
+        if token is not None and (not isinstance(token, str) or not token
+                                  or any(c.isspace() for c in token)):
+            raise ConfigError(f"invalid token {token!r}: expected a string without white "
+                              "space, e.g. 'source-host-node01'")
+        workers = _int_at_least(data, "workers", 8, 1)
+        backoff_after = _int_at_least(data, "backoff_after", 3, 1)
+        try:
+            max_backoff = Timedelta.coerce(data.get("max_backoff", 300), name="max_backoff",
+                                           positive=True)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from None
+        if max_backoff.ns < NS_PER_S:
+            raise ConfigError(f"invalid max_backoff {data['max_backoff']!r}: expected at "
+                              "least 1s")
+        return cls(tuple(instances), token, workers, backoff_after, max_backoff)
+
+
+def _int_at_least(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"invalid {key} {value!r}: expected an integer >= {minimum}")
+    return value
+
+
+def _refuse_unknown(where: str, data: Mapping[str, Any], known: Iterable[str]) -> None:
+    known = sorted(known)
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {key!r} in the {where}{hint}; the keys are "
+                              f"{', '.join(known)}")
+
+
+@attrs.frozen
+class InstanceStats:
+    """One instance of a :class:`SourceHost`.
+
+    ``state`` is ``"running"`` (its last update, if any, succeeded), ``"failing"`` (its last
+    update failed), ``"backing off"`` (it failed ``backoff_after`` times in a row and waits
+    ``retry_in_s``) or ``"unconfigured"`` (its configuration was refused: ``last_error``
+    says why; it is tried again in ``retry_in_s``).  ``failures`` counts failed updates
+    and failed configurations; ``missed_slots`` the slots skipped because the last update
+    still ran or no worker was free for a whole period; ``held_slots`` those left out
+    while backing off.
+    """
+
+    name: str
+    kind: str
+    state: str
+    period_ns: int | None
+    metrics: int
+    updates: int
+    failures: int
+    consecutive_failures: int
+    missed_slots: int
+    held_slots: int
+    last_lateness_ns: int | None
+    last_error: str | None
+    retry_in_s: float | None
+
+
+@attrs.frozen
+class ReloadReport:
+    """What :meth:`SourceHost.reload` did, by instance name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    #: Changed instances whose new configuration was refused (they keep the old one),
+    #: with the reason.
+    refused: Mapping[str, str] = attrs.Factory(dict)
+
+    def summary(self) -> str:
+        """One line: how many instances of each."""
+        parts = [f"{len(self.added)} added", f"{len(self.removed)} removed",
+                 f"{len(self.changed)} changed", f"{len(self.unchanged)} unchanged"]
+        if self.refused:
+            parts.append(f"{len(self.refused)} refused ({', '.join(sorted(self.refused))})")
+        return ", ".join(parts)
+
+
+@attrs.define(eq=False)
+class _Instance:
+    spec: InstanceSpec
+    kind: LoadedKind
+    source: PluginSource | None = None
+    metrics: frozenset[str] = frozenset()
+    declared: bool = False
+    error: str | None = None  # why the last configuration failed
+    attempts: int = 0  # failed configurations in a row
+    timer: Timer | None = None
+    retry_at: float | None = None  # time.monotonic() of the next configuration attempt
+
+
+class SourceHost(Source):
+    """Many plugin sources in one process: one token, one connection pair, one schedule.
+
+    Args:
+        token: the host's token, under which every instance's metrics are declared.
+        url: the broker URL; ``None`` joins the embedded network.
+        config: the instances and the pool, e.g. ``HostConfig.read("host.toml", plugins)``.
+        plugins: where the instances' source kinds come from (:func:`mqsync.plugin.load_plugins`).
+        schedule: run updates on the schedule; ``False`` leaves calling :meth:`update_once`
+            to the owner (``mqsync-source --once``).
+        clock: the scheduler's clock (tests inject a fake one).
+
+    Other keyword arguments go to :class:`~mqsync.Source`.  The instances are configured
+    at once, in the constructor: :meth:`instance_stats` shows which were refused.
+    """
+
+    def __init__(self, token: str, url: str | None = None, *, config: HostConfig,
+                 plugins: PluginSet, schedule: bool = True, clock: Clock | None = None,
+                 backoff: DurationLike = 1.0, **kwargs: Any):
+        super().__init__(token, url, **kwargs)
+        self._plugins = plugins
+        self._schedule = schedule
+        self._config = config
+        self._scheduler = MultiScheduler(
+            max_workers=config.workers, clock=clock, name=self.token,
+            backoff_after=config.backoff_after, backoff=backoff,
+            max_backoff=config.max_backoff)
+        self._backoff_s = Timedelta.coerce(backoff, name="backoff", positive=True).s
+        self._max_backoff_s = config.max_backoff.s
+        self._instances: dict[str, _Instance] = {}
+        self._owners: dict[str, str] = {}  # metric -> instance name
+        self._host_lock = threading.RLock()
+        self._reload_lock = threading.Lock()
+        self._shut = False
+        for spec in config.instances:
+            self._add(spec)
+
+    # -- what runs ---------------------------------------------------------------------
+
+    @property
+    def instances(self) -> dict[str, PluginSource | None]:
+        """The instances by name: their source, None while its configuration is refused."""
+        with self._host_lock:
+            return {name: inst.source for name, inst in self._instances.items()}
+
+    def metrics(self) -> dict[str, Mapping[str, Any]]:
+        """Every configured instance's metrics with their metadata."""
+        with self._host_lock:
+            sources = [inst.source for inst in self._instances.values() if inst.source]
+        declared: dict[str, Mapping[str, Any]] = {}
+        for source in sources:
+            declared.update(source.metrics())
+        return declared
+
+    def instance_stats(self) -> dict[str, InstanceStats]:
+        """Each instance's schedule and failures, by name, in file order."""
+        with self._host_lock:
+            instances = list(self._instances.values())
+        now = time.monotonic()
+        result = {}
+        for inst in instances:
+            result[inst.spec.name] = self._instance_stats(inst, now)
+        return result
+
+    def _instance_stats(self, inst: _Instance, now: float) -> InstanceStats:
+        name = inst.spec.name
+        if inst.source is None:
+            return InstanceStats(
+                name=name, kind=inst.spec.kind, state="unconfigured", period_ns=None,
+                metrics=0, updates=0, failures=inst.attempts,
+                consecutive_failures=inst.attempts, missed_slots=0, held_slots=0,
+                last_lateness_ns=None, last_error=inst.error,
+                retry_in_s=None if inst.retry_at is None else max(0.0, inst.retry_at - now))
+        try:
+            grid = self._scheduler.grid(name).stats()
+        except KeyError:  # dropped meanwhile
+            grid = None
+        retry_at = self._scheduler.retry_at(name)
+        retry_in = None
+        state = "running"
+        if grid is not None and grid.consecutive_failures:
+            state = "failing"
+        if retry_at is not None:
+            state = "backing off"
+            retry_in = max(0.0, (retry_at - time.monotonic_ns()) / NS_PER_S)
+        return InstanceStats(
+            name=name, kind=inst.spec.kind, state=state,
+            period_ns=grid.period_ns if grid else None, metrics=len(inst.metrics),
+            updates=grid.updates if grid else 0, failures=grid.failures if grid else 0,
+            consecutive_failures=grid.consecutive_failures if grid else 0,
+            missed_slots=grid.missed_slots if grid else 0,
+            held_slots=grid.held_slots if grid else 0,
+            last_lateness_ns=grid.last_lateness_ns if grid else None,
+            last_error=grid.last_error if grid else None, retry_in_s=retry_in)
+
+    def recent_lateness_ns(self, name: str) -> tuple[int, ...]:
+        """How late each recent update of instance ``name`` began after its slot."""
+        return self._scheduler.grid(name).recent_lateness_ns()
+
+    def pool_stats(self) -> PoolStats:
+        """The update threads: how many, how busy, how often all were."""
+        return self._scheduler.pool_stats()
+
+    def stats(self) -> dict[str, int]:
+        """Counters of :meth:`Source.stats <mqsync.Source.stats>`, plus the sums over the
+        instances (``updates``, ``update_failures``, ``missed_slots``, ``held_slots``),
+        ``instances``, ``instances_failing`` (failing, backing off or unconfigured),
+        ``update_threads`` (alive now), ``update_threads_peak`` and ``updates_waited``
+        (updates that found every thread busy).  Per instance: :meth:`instance_stats`."""
+        counters = super().stats()
+        per_instance = self.instance_stats().values()
+        counters.update(
+            instances=len(per_instance),
+            instances_failing=sum(s.state != "running" for s in per_instance),
+            updates=sum(s.updates for s in per_instance),
+            update_failures=sum(s.failures for s in per_instance),
+            missed_slots=sum(s.missed_slots for s in per_instance),
+            held_slots=sum(s.held_slots for s in per_instance),
+        )
+        pool = self.pool_stats()
+        counters.update(update_threads=pool.threads, update_threads_peak=pool.peak_threads,
+                        updates_waited=pool.saturated)
+        return counters
+
+    # -- instances -----------------------------------------------------------------------
+
+    def _add(self, spec: InstanceSpec) -> None:
+        """Take a new instance: configure it now, or report it and try again later."""
+        inst = _Instance(spec, self._plugins.get(spec.kind))
+        with self._host_lock:
+            self._instances[spec.name] = inst
+        self._try_configure(inst)
+
+    def _build(self, inst: _Instance) -> tuple[PluginSource, frozenset[str]]:
+        """A configured source for ``inst`` and its metrics (checked against the other
+        instances'); raises what its configuration raised."""
+        spec = inst.spec
+        source = inst.kind.kind.source_class(f"{self.token}/{spec.name}", None,
+                                             config=spec.config, schedule=False)
+        try:
+            metrics = frozenset(source.metrics())
+            with self._host_lock:
+                for metric in metrics:
+                    owner = self._owners.get(metric, spec.name)
+                    if owner != spec.name:
+                        raise ConfigError(f"metric {metric!r} is already sent by instance "
+                                          f"{owner!r}")
+        except BaseException:
+            self._close_source(source)
+            raise
+        return source, metrics
+
+    def _try_configure(self, inst: _Instance) -> None:
+        name = inst.spec.name
+        try:
+            source, metrics = self._build(inst)
+        except Exception as error:  # noqa: BLE001 - any plugin error: reported, retried
+            inst.attempts += 1
+            inst.error = f"{type(error).__name__}: {error}"
+            if not self._schedule:  # --check, --once: the caller reports it
+                logger.info("%s: instance %r (%s) could not be configured: %s", self.token,
+                            name, inst.spec.kind, inst.error)
+                return
+            delay = min(self._max_backoff_s, self._backoff_s * 2 ** min(inst.attempts - 1, 30))
+            inst.retry_at = time.monotonic() + delay
+            logger.error("%s: instance %r (%s) could not be configured: %s; trying again in "
+                         "%.3g s", self.token, name, inst.spec.kind, inst.error, delay)
+            inst.timer = self._scheduler.call_later(delay, lambda: self._retry(inst))
+            return
+        self._install(inst, source, metrics)
+        if inst.attempts:
+            logger.info("%s: instance %r configured after %d failed attempts", self.token, name,
+                        inst.attempts)
+        inst.attempts, inst.error, inst.retry_at, inst.timer = 0, None, None, None
+
+    def _retry(self, inst: _Instance) -> None:
+        with self._host_lock:
+            if self._instances.get(inst.spec.name) is not inst or self._shut:
+                return  # removed or replaced meanwhile
+        self._try_configure(inst)
+        if inst.source is not None and self._connected:
+            self._declare_instance(inst)
+
+    def _install(self, inst: _Instance, source: PluginSource,
+                 metrics: frozenset[str]) -> None:
+        name = inst.spec.name
+        source.route_to(self, lambda declared, timeout=None: self._declare_for(name, declared,
+                                                                        timeout))
+        with self._host_lock:
+            for metric in metrics:
+                self._owners[metric] = name
+            inst.source, inst.metrics = source, metrics
+        self._scheduler.add(name, lambda: self._update(inst), source.period,
+                            name=f"{self.token}/{name}")
+
+    def _update(self, inst: _Instance) -> None:
+        """On a worker: one update of ``inst`` (declaring its metrics first, once)."""
+        source = inst.source
+        assert source is not None
+        if not inst.declared and self._connected:
+            self._declare_instance(inst)
+        with source.callback_lock:
+            source.update()
+
+    def _declare_instance(self, inst: _Instance) -> None:
+        source = inst.source
+        if source is not None:
+            inst.declared = source.declare_new_metrics(source.metrics())
+
+    def _declare_for(self, name: str, metrics: Mapping[str, Mapping[str, Any]],
+                     timeout: float | None = None) -> None:
+        """Declare metrics of instance ``name`` under the host's token, refusing those of
+        another instance."""
+        with self._host_lock:
+            for metric in metrics:
+                owner = self._owners.setdefault(metric, name)
+                if owner != name:
+                    raise ConfigError(f"{self.token}: instance {name!r} cannot send {metric!r}: "
+                                      f"instance {owner!r} does")
+            inst = self._instances.get(name)
+            if inst is not None and inst.source is not None:
+                inst.metrics = inst.metrics | frozenset(metrics)
+        Source.declare_metrics(self, metrics, timeout)
+
+    def _drop(self, name: str) -> None:
+        """Stop instance ``name``: no update begins from now on, its running one is
+        interrupted, its source closed once that returned.  Its points already sent stay
+        in the host's buffers and leave with them."""
+        with self._host_lock:
+            inst = self._instances.pop(name)
+            for metric in inst.metrics:
+                if self._owners.get(metric) == name:
+                    del self._owners[metric]
+        if inst.timer is not None:
+            inst.timer.cancel()
+        source = inst.source
+        if source is None:
+            return
+        source.interrupt()
+        self._scheduler.remove(name, then=lambda: self._close_source(source))
+
+    def _close_source(self, source: PluginSource) -> None:
+        try:
+            source.close(CLOSE_TIMEOUT)
+        except Exception:  # noqa: BLE001 - one plugin's cleanup must not stop the others'
+            logger.exception("%s: closing %s failed", self.token, source.token)
+
+    # -- reload --------------------------------------------------------------------------
+
+    def reload(self, config: HostConfig) -> ReloadReport:
+        """Apply a new host file: start added instances, drop removed ones, replace changed
+        ones (same name, another kind or configuration).  Unchanged instances are not
+        touched.  A changed instance whose new configuration is refused keeps running with
+        its old one (see :attr:`ReloadReport.refused`).  ``workers`` takes effect at once;
+        a new ``token`` needs a restart (logged)."""
+        with self._reload_lock:
+            if config.token is not None and config.token != self._config.token:
+                logger.warning("%s: the host file now names the token %r; a new token needs "
+                               "a restart", self.token, config.token)
+            self._scheduler.max_workers = config.workers
+            with self._host_lock:
+                old = {name: inst.spec for name, inst in self._instances.items()}
+            new = {spec.name: spec for spec in config.instances}
+            added = [n for n in new if n not in old]
+            removed = [n for n in old if n not in new]
+            changed = [n for n in new if n in old and old[n] != new[n]]
+            unchanged = [n for n in new if n in old and old[n] == new[n]]
+            for name in removed:
+                self._drop(name)
+            refused: dict[str, str] = {}
+            for name in changed:
+                refusal = self._replace(new[name])
+                if refusal is not None:
+                    refused[name] = refusal
+            for name in added:
+                self._add(new[name])
+                inst = self._instances.get(name)
+                if inst is not None and inst.source is not None and self._connected:
+                    self._declare_instance(inst)
+            self._config = attrs.evolve(config, token=self._config.token)
+            report = ReloadReport(tuple(added), tuple(removed), tuple(changed),
+                                  tuple(unchanged), refused)
+            logger.info("%s: reloaded: %s", self.token, report.summary())
+            return report
+
+    def _replace(self, spec: InstanceSpec) -> str | None:
+        """Replace the instance ``spec.name`` by one with ``spec``; the reason if refused."""
+        with self._host_lock:
+            old = self._instances[spec.name]
+        if old.source is None:  # never configured: just start over
+            self._drop(spec.name)
+            self._add(spec)
+            return None
+        candidate = _Instance(spec, self._plugins.get(spec.kind))
+        try:
+            source, metrics = self._build(candidate)
+        except Exception as error:  # noqa: BLE001 - keep the old configuration
+            reason = f"{type(error).__name__}: {error}"
+            logger.error("%s: instance %r keeps its configuration: the new one is refused: %s",
+                         self.token, spec.name, reason)
+            return reason
+        self._drop(spec.name)
+        with self._host_lock:
+            self._instances[spec.name] = candidate
+        self._install(candidate, source, metrics)
+        if self._connected:
+            self._declare_instance(candidate)
+        return None
+
+    # -- one update of each, for --once ------------------------------------------------------
+
+    def update_once(self, names: Iterable[str] | None = None) -> dict[str, BaseException | None]:
+        """Run one update of each configured instance (or of ``names``) in this thread;
+        returns each one's exception, or None."""
+        with self._host_lock:
+            chosen = [inst for inst in self._instances.values()
+                      if inst.source is not None and (names is None or inst.spec.name in names)]
+        results: dict[str, BaseException | None] = {}
+        for inst in chosen:
+            try:
+                self._update(inst)
+            except Exception as error:  # noqa: BLE001 - returned to the caller
+                results[inst.spec.name] = error
+            else:
+                results[inst.spec.name] = None
+        return results
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @rpc_handler("config")
+    def _on_host_config(self, from_token: str | None = None, **config: Any) -> None:
+        if config:
+            logger.warning("%s: the manager holds a configuration for this token; a host "
+                           "takes its instances from its file only, so it is ignored",
+                           self.token)
+
+    def task(self) -> None:
+        with self._host_lock:
+            ready = [inst for inst in self._instances.values() if inst.source is not None]
+        declared: dict[str, Mapping[str, Any]] = {}
+        for inst in ready:
+            assert inst.source is not None
+            declared.update(inst.source.metrics())
+        if declared:
+            try:  # one RPC for all; on failure each instance tries with its next update
+                Source.declare_metrics(self, declared)
+            except Exception as error:  # noqa: BLE001
+                logger.warning("%s: could not declare %d metrics (%s); each instance tries "
+                               "again with its next update", self.token, len(declared), error)
+            else:
+                for inst in ready:
+                    inst.declared = True
+        if self._schedule:
+            self._scheduler.run()
+
+    def _on_stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._shutdown(timeout / 2)
+        super()._on_stop(max(0.0, deadline - time.monotonic()))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        self._shutdown(timeout / 2)  # a host never started still closes its instances
+
+    def _shutdown(self, timeout: float) -> None:
+        """Interrupt every instance, end the schedule and its workers, close every source."""
+        with self._host_lock:
+            if self._shut:
+                return
+            self._shut = True
+            instances = list(self._instances.values())
+        for inst in instances:
+            if inst.timer is not None:
+                inst.timer.cancel()
+            if inst.source is not None:
+                inst.source.interrupt()
+        self._scheduler.stop(timeout)
+        for inst in instances:
+            if inst.source is not None:
+                self._close_source(inst.source)
+
+
+__all__ = [
+    "HostConfig",
+    "InstanceSpec",
+    "InstanceStats",
+    "ReloadReport",
+    "SourceHost",
+    "default_host_token",
+    "is_host_file",
+]
