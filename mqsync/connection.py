@@ -516,8 +516,11 @@ class IOThread:
             self._url,
             heartbeat=self._heartbeat or None,
             connect_timeout=self._connect_timeout,
+            # connection_name: the broker lists the connection by its thread's name
+            # (mqsync-<token>-mgmt, mqsync-<token>-data), so operators see who is who.
             transport_options={"polling_interval": POLL_INTERVAL,
-                               "write_timeout": self._connect_timeout},
+                               "write_timeout": self._connect_timeout,
+                               "client_properties": {"connection_name": self.name}},
         )
         try:
             # One attempt: kombu's own retry would wait 2 s inside it; the backoff is ours.
