@@ -531,6 +531,8 @@ class SourceHost(Source):
                 inst = self._instances.get(name)
                 if inst is not None and inst.source is not None and self._connected:
                     self._declare_instance(inst)
+            with self._host_lock:  # in the file's order
+                self._instances = {name: self._instances[name] for name in new}
             self._config = attrs.evolve(config, token=self._config.token)
             report = ReloadReport(tuple(added), tuple(removed), tuple(changed),
                                   tuple(unchanged), refused)
