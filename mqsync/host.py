@@ -441,11 +441,15 @@ class SourceHost(Source):
         source.route_to(self, lambda declared, timeout=None: self._declare_for(name, declared,
                                                                         timeout))
         with self._host_lock:
-            for metric in metrics:
-                self._owners[metric] = name
-            inst.source, inst.metrics = source, metrics
-        self._scheduler.add(name, lambda: self._update(inst), source.period,
-                            name=f"{self.token}/{name}")
+            shut = self._shut  # configured by a retry while the host stopped
+            if not shut:
+                for metric in metrics:
+                    self._owners[metric] = name
+                inst.source, inst.metrics = source, metrics
+                self._scheduler.add(name, lambda: self._update(inst), source.period,
+                                    name=f"{self.token}/{name}")
+        if shut:
+            self._close_source(source)
 
     def _update(self, inst: _Instance) -> None:
         """On a worker: one update of ``inst`` (declaring its metrics first, once)."""

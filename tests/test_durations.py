@@ -21,7 +21,7 @@ from mqsync.cli._common import duration_argument
 from mqsync.db import Db, SqliteStore
 from mqsync.errors import ConfigError
 from mqsync.history import HistoryClient, encode_history_request
-from mqsync.scheduler import Scheduler
+from mqsync.scheduler import Grid, Scheduler
 from mqsync.timeseries import Timedelta, Timestamp
 from mqsync_plugins.dummy import DummySource
 from tests._support import wait_until
@@ -156,7 +156,25 @@ def test_interval_source_refuses_what_the_rule_refuses():
         Ticker("source-durations", period=True)
     with pytest.raises(ValueError, match=r"^offset must be a finite number of seconds, got nan$"):
         Ticker("source-durations", period=1, align=True, offset=math.nan)
-    assert Scheduler(1, align=True, offset="-250ms")._offset_ns == -250 * MS
+    # offset "-250ms" of an aligned 1 s grid: slots at wall-clock x.750 s
+    clock = StoppedClock(mono_ns=7 * S, wall_ns=1_700_000_000 * S)
+    assert Grid(1, align=True, offset="-250ms", clock=clock).due(7 * S) == 7 * S + 750 * MS
+
+
+class StoppedClock:
+    """A clock that stands still (a Grid only reads it here)."""
+
+    def __init__(self, mono_ns: int, wall_ns: int):
+        self.mono_ns, self.wall = mono_ns, wall_ns
+
+    def monotonic_ns(self) -> int:
+        return self.mono_ns
+
+    def wall_ns(self) -> int:
+        return self.wall
+
+    def wait(self, event, timeout_s):
+        raise AssertionError("a Grid never waits")
 
 
 @pytest.mark.parametrize("period", FIVE_SECONDS)
