@@ -588,6 +588,8 @@ class _Pool:
             return True
 
     def _start_thread(self) -> None:
+        # Threads that ended while idle need no join any more once dead: forget them.
+        self._ended = [ended for ended in self._ended if ended.is_alive()]
         thread = threading.Thread(target=self._main, daemon=True,
                                   name=f"{self.name}-{next(self._numbers)}")
         self._threads.add(thread)
