@@ -330,15 +330,17 @@ class Grid:
             self._overrun_streak = 0
         self._deadline = deadline
 
-    def hold(self, until: int) -> None:
-        """Leave out the slots before ``until`` (a backoff); they count as ``held_slots``."""
+    def hold(self, until: int) -> int | None:
+        """Leave out the slots before ``until`` (a backoff); they count as ``held_slots``.
+        Returns the next slot (None while the period is unset)."""
         period, deadline = self._active_ns, self._deadline
         if period is None or deadline is None or deadline >= until:
-            return
+            return deadline
         held = _ceil_div(until - deadline, period)
         with self._lock:
             self._held_slots += held
         self._deadline = deadline + held * period
+        return self._deadline
 
     def _anchor(self, period: int, now: int) -> int:
         """The first slot of a new grid: at start, after the period was set or changed."""
@@ -554,22 +556,36 @@ class PoolStats:
 
 class _Pool:
     """Up to ``max_threads`` threads running jobs; a thread is started when a job finds no
-    idle one, and ends after ``idle_s`` seconds without work."""
+    idle one, and ends after ``idle_s`` seconds without work, or when it is one more than
+    a lowered bound allows."""
 
     def __init__(self, name: str, max_threads: int, idle_s: float):
         self.name = name
-        self.max_threads = max_threads
+        self._max_threads = max_threads
         self._idle_s = idle_s
         self._cond = threading.Condition()
         self._jobs: deque[Callable[[], None]] = deque()
         self._threads: set[threading.Thread] = set()
-        self._ended: list[threading.Thread] = []  # ended while idle: joined by the next stop
-        self._idle = 0
+        self._ended: list[threading.Thread] = []  # ended before stop: joined by stop
+        self._idle = 0  # threads waiting for a job
+        self._starting = 0  # threads started, not yet looking for a job
+        self._running = 0  # jobs running now
         self._stopping = False
         self._numbers = itertools.count(1)
         self._peak = 0
         self._saturated = 0
         self._started = 0
+
+    @property
+    def max_threads(self) -> int:
+        return self._max_threads
+
+    @max_threads.setter
+    def max_threads(self, value: int) -> None:
+        with self._cond:
+            self._max_threads = value
+            self._provide()
+            self._cond.notify_all()  # threads beyond a lowered bound end as soon as idle
 
     def submit(self, job: Callable[[], None]) -> bool:
         """Queue ``job``; False (and not queued) once the pool is stopping."""
@@ -577,61 +593,92 @@ class _Pool:
             if self._stopping:
                 return False
             self._jobs.append(job)
-            # An idle thread per queued job (a notified thread counts as idle until it
-            # took its job), else a new thread while below the bound.
-            if self._idle >= len(self._jobs):
-                self._cond.notify()
-            elif len(self._threads) < self.max_threads:
-                self._start_thread()
-            else:
+            if not self._provide():
                 self._saturated += 1
             return True
 
+    def _provide(self) -> bool:
+        """Under the lock: a thread for every queued job, idle or new, within the bound;
+        whether every job has one."""
+        # A notified thread counts as idle until it took its job, a new one as starting.
+        if self._idle:
+            self._cond.notify(min(self._idle, len(self._jobs)))
+        while self._idle + self._starting < len(self._jobs):
+            if len(self._threads) >= self._max_threads:
+                return False
+            self._start_thread()
+        return True
+
     def _start_thread(self) -> None:
-        # Threads that ended while idle need no join any more once dead: forget them.
+        # Threads that ended before stop need no join any more once dead: forget them.
         self._ended = [ended for ended in self._ended if ended.is_alive()]
         thread = threading.Thread(target=self._main, daemon=True,
                                   name=f"{self.name}-{next(self._numbers)}")
         self._threads.add(thread)
+        self._starting += 1
         self._started += 1
         self._peak = max(self._peak, len(self._threads))
         thread.start()
 
     def _main(self) -> None:
         me = threading.current_thread()
-        while True:
+        try:
             with self._cond:
-                while not self._jobs and not self._stopping:
-                    self._idle += 1
-                    woken = self._cond.wait(self._idle_s)
-                    self._idle -= 1
-                    if not woken and not self._jobs and not self._stopping:
-                        self._threads.discard(me)
-                        self._ended.append(me)
-                        return
-                if self._stopping:
+                self._starting -= 1
+            while True:
+                job = self._next_job(me)
+                if job is None:
                     return
-                job = self._jobs.popleft()
-            try:
-                job()
-            except Exception:  # jobs handle their errors; a bug in one must not end the thread
-                logger.exception("%s: a scheduled job failed", self.name)
+                try:
+                    job()
+                except BaseException:  # noqa: BLE001 - a job's bug must not end the thread
+                    logger.exception("%s: a scheduled job failed", self.name)
+                finally:
+                    with self._cond:
+                        self._running -= 1
+        finally:
+            with self._cond:
+                self._threads.discard(me)
+                self._ended.append(me)
 
-    def stats(self, busy: int) -> PoolStats:
+    def _next_job(self, me: threading.Thread) -> Callable[[], None] | None:
+        """The next job, or None when this thread should end (stop, idle, surplus)."""
+        with self._cond:
+            while True:
+                if self._stopping or len(self._threads) > self._max_threads:
+                    break
+                if self._jobs:
+                    self._running += 1
+                    return self._jobs.popleft()
+                self._idle += 1
+                woken = self._cond.wait(self._idle_s)
+                self._idle -= 1
+                if not woken and not self._jobs:
+                    break
+            self._threads.discard(me)  # now: the next thread's check counts without it
+            return None
+
+    def stats(self) -> PoolStats:
         with self._cond:
             return PoolStats(threads=len(self._threads), peak_threads=self._peak,
-                             max_threads=self.max_threads, busy=busy, queued=len(self._jobs),
-                             saturated=self._saturated, started_threads=self._started)
+                             max_threads=self._max_threads, busy=self._running,
+                             queued=len(self._jobs), saturated=self._saturated,
+                             started_threads=self._started)
 
-    def stop(self, deadline: float) -> bool:
-        """Drop the queued jobs, let the running ones end, join every thread by ``deadline``
-        (``time.monotonic()``); whether all ended."""
+    def close(self) -> list[Callable[[], None]]:
+        """Take no more jobs; return the queued ones, dropped."""
         with self._cond:
             self._stopping = True
+            dropped = list(self._jobs)
             self._jobs.clear()
             self._cond.notify_all()
+        return dropped
+
+    def join(self, deadline: float) -> bool:
+        """After :meth:`close`: join every thread by ``deadline`` (``time.monotonic()``);
+        whether all ended."""
+        with self._cond:
             threads = [*self._threads, *self._ended]
-            self._ended.clear()
         current = threading.current_thread()
         for thread in threads:
             if thread is not current:
@@ -646,18 +693,19 @@ class _Pool:
 class _Entry:
     """One grid of a :class:`MultiScheduler` and its update."""
 
-    __slots__ = ("key", "update", "grid", "busy", "removed", "version", "then", "retry_at",
-                 "idle")
+    __slots__ = ("key", "update", "grid", "busy", "started", "removed", "version", "then",
+                 "retry_at", "idle")
 
     def __init__(self, key: Hashable, update: Callable[[], None], grid: Grid):
         self.key = key
         self.update = update
         self.grid = grid
-        self.busy = False
+        self.busy = False  # handed to the pool, not finished
+        self.started = False  # its update began (busy and started: it runs)
         self.removed = False
         self.version = 0  # heap items of older versions are stale
         self.then: Callable[[], None] | None = None  # run once removed and idle
-        self.retry_at: int | None = None  # monotonic ns, while backing off
+        self.retry_at: int | None = None  # monotonic ns of the next try, while backing off
         self.idle = threading.Event()
         self.idle.set()
 
@@ -672,8 +720,25 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not make the call (if it has not begun)."""
+        """Do not make the call (if it has not begun, also when it is due and waits for a
+        worker)."""
         self.cancelled = True
+
+    def __call__(self) -> None:
+        if not self.cancelled:
+            self.function()
+
+
+class _Then:
+    """A removed grid's ``then()``, queued for a worker: run at stop if still queued."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[], None]):
+        self.function = function
+
+    def __call__(self) -> None:
+        self.function()
 
 
 class MultiScheduler:
@@ -727,6 +792,8 @@ class MultiScheduler:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._entries: dict[Hashable, _Entry] = {}
+        # removed while their update was handed out: until it finished
+        self._removing: dict[Hashable, _Entry] = {}
         self._heap: list[tuple[int, int, int, Any]] = []
         self._dirty: list[_Entry] = []
         self._seq = itertools.count()
@@ -762,7 +829,8 @@ class MultiScheduler:
 
     def remove(self, key: Hashable, then: Callable[[], None] | None = None) -> bool:
         """Stop the grid ``key``: no update of it begins from now on.  ``then()`` runs (on
-        a worker) once its running update, if any, returned.  False if there is no such grid.
+        a worker) once its running update, if any, returned; at :meth:`stop` at the latest.
+        False if there is no such grid.
         """
         with self._lock:
             entry = self._entries.pop(key, None)
@@ -772,16 +840,19 @@ class MultiScheduler:
             entry.version += 1
             if entry.busy:
                 entry.then = then
+                self._removing[key] = entry
                 return True
-        if then is not None and not self._pool.submit(then):
+        if then is not None and not self._pool.submit(_Then(then)):
             then()  # stopping: no worker takes it
         return True
 
     def wait_idle(self, key: Hashable, timeout: float) -> bool:
-        """Wait until no update of ``key`` runs; whether that happened in ``timeout`` s."""
+        """Wait until no update of ``key`` runs (also of a grid removed meanwhile); whether
+        that happened in ``timeout`` s."""
         with self._lock:
-            entry = self._entries.get(key)
-        return True if entry is None else entry.idle.wait(timeout)
+            entries = [e for e in (self._entries.get(key), self._removing.get(key)) if e]
+        deadline = time.monotonic() + timeout
+        return all(entry.idle.wait(max(0.0, deadline - time.monotonic())) for entry in entries)
 
     def call_later(self, delay: DurationLike, function: Callable[[], None]) -> Timer:
         """Call ``function()`` on a worker ``delay`` from now (once); returns a :class:`Timer`."""
@@ -804,10 +875,11 @@ class MultiScheduler:
             return list(self._entries)
 
     def busy(self, key: Hashable) -> bool:
-        """Whether an update of ``key`` runs now."""
+        """Whether an update of ``key`` is handed out and not finished (also of a grid
+        removed meanwhile)."""
         with self._lock:
-            entry = self._entries.get(key)
-            return entry is not None and entry.busy
+            return any(e is not None and e.busy
+                       for e in (self._entries.get(key), self._removing.get(key)))
 
     def retry_at(self, key: Hashable) -> int | None:
         """While ``key`` backs off after failures: the monotonic ns of its next try."""
@@ -817,9 +889,7 @@ class MultiScheduler:
 
     def pool_stats(self) -> PoolStats:
         """The worker pool's threads and queue."""
-        with self._lock:
-            busy = sum(entry.busy for entry in self._entries.values())
-        return self._pool.stats(busy)
+        return self._pool.stats()
 
     @property
     def running(self) -> bool:
@@ -828,8 +898,8 @@ class MultiScheduler:
 
     @property
     def max_workers(self) -> int:
-        """The most updates that run at once; settable (a lower bound lets running
-        updates finish, and idle threads end)."""
+        """The most updates that run at once; settable: a larger bound starts threads for
+        the updates that wait, a smaller one ends threads as they become free."""
         return self._pool.max_threads
 
     @max_workers.setter
@@ -878,9 +948,9 @@ class MultiScheduler:
                     _, _, version, item = heapq.heappop(heap)
                     if isinstance(item, Timer):
                         if not item.cancelled:
-                            due.append(item.function)
+                            due.append(item)  # checks cancelled again when it runs
                     elif version == item.version and not item.removed and not item.busy:
-                        item.busy = True
+                        item.busy, item.started = True, False
                         item.idle.clear()
                         due.append(self._job(item))
                 timeout = None if not heap else \
@@ -892,9 +962,14 @@ class MultiScheduler:
     def _push(self, entry: _Entry, now: int) -> None:
         """Under the lock: put ``entry``'s next slot on the heap (none while unset)."""
         entry.version += 1
-        slot = entry.grid.due(now)
-        if slot is not None:
-            heapq.heappush(self._heap, (slot, next(self._seq), entry.version, entry))
+        grid = entry.grid
+        slot = grid.due(now)
+        if slot is None:
+            return
+        if entry.retry_at is not None and slot < entry.retry_at:
+            # re-timed (a period change) while backing off: the backoff still holds
+            slot = entry.retry_at = grid.hold(entry.retry_at) or entry.retry_at
+        heapq.heappush(self._heap, (slot, next(self._seq), entry.version, entry))
 
     def _job(self, entry: _Entry) -> Callable[[], None]:
         return lambda: self._run_update(entry)
@@ -903,46 +978,69 @@ class MultiScheduler:
         """On a worker: the update of ``entry``'s due slot, unless the slot went stale."""
         grid, clock = entry.grid, self._clock
         try:
-            if entry.removed or self._stop_requested:
-                return
+            with self._lock:  # against stop(): either it sees started, or this sees it
+                if entry.removed or self._stop_requested:
+                    return
+                entry.started = True
             if not grid.begin(clock.monotonic_ns()):
                 return  # waited a whole period for a worker: skipped, counted
             try:
                 entry.update()
-            except Exception as error:
-                streak = grid.failed(error)
-                now = clock.monotonic_ns()
-                grid.advance(now)
-                if self._backoff_after is not None and streak >= self._backoff_after:
-                    delay = min(self._max_backoff_ns,
-                                self._backoff_ns << min(streak - self._backoff_after, 40))
-                    grid.hold(now + delay)
-                    entry.retry_at = now + delay
-                    logger.warning("%s%d failures in a row; next try in %.3g s", grid.label,
-                                   streak, delay / NS_PER_S)
+            except BaseException as error:  # noqa: BLE001 - even SystemExit: one grid's
+                self._failed(entry, error)  # failure, not the worker's end
             else:
                 grid.succeeded()
                 entry.retry_at = None
                 grid.advance(clock.monotonic_ns())
         finally:
-            with self._lock:
-                entry.busy = False
-                then = entry.then if entry.removed else None
-                entry.then = None
-                if not entry.removed:
-                    self._dirty.append(entry)
-                entry.idle.set()
-            self._wakeup.set()
-            if then is not None:
-                then()
+            self._finish(entry)
+
+    def _failed(self, entry: _Entry, error: BaseException) -> None:
+        grid = entry.grid
+        streak = grid.failed(error)
+        now = self._clock.monotonic_ns()
+        grid.advance(now)
+        if self._backoff_after is not None and streak >= self._backoff_after:
+            delay = min(self._max_backoff_ns,
+                        self._backoff_ns << min(streak - self._backoff_after, 40))
+            entry.retry_at = grid.hold(now + delay)
+            logger.warning("%s%d failures in a row; next try in %.3g s", grid.label, streak,
+                           ((entry.retry_at or now) - now) / NS_PER_S)
+
+    def _finish(self, entry: _Entry) -> None:
+        """After an update (or instead of it, at stop): free the grid for its next slot,
+        or run its ``then()`` if it was removed.  Idempotent."""
+        with self._lock:
+            if not entry.busy:
+                return
+            entry.busy = entry.started = False
+            then = entry.then if entry.removed else None
+            entry.then = None
+            if entry.removed:
+                if self._removing.get(entry.key) is entry:
+                    del self._removing[entry.key]
+            else:
+                self._dirty.append(entry)
+            entry.idle.set()
+        self._wakeup.set()
+        if then is not None:
+            then()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop handing out updates, wait up to ``timeout`` s for the running ones, end the
         workers.  Returns whether every worker ended.  Idempotent; an update running is not
-        interrupted, none begins after stop() was called."""
+        interrupted, none begins after stop() returned.  The ``then()`` of removed grids
+        run here if no worker ran them yet; due calls of :meth:`call_later` are dropped."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._stop_requested = True
+            waiting = [entry for entry in (*self._entries.values(), *self._removing.values())
+                       if entry.busy and not entry.started]
         self._wakeup.set()
-        return self._pool.stop(deadline)
-
+        dropped = self._pool.close()
+        for entry in waiting:  # handed out, never begun: nothing runs them now
+            self._finish(entry)
+        for job in dropped:
+            if isinstance(job, _Then):
+                job()
+        return self._pool.join(deadline)

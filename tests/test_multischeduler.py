@@ -554,8 +554,6 @@ def test_never_more_updates_at_once_than_max_workers_and_every_start_on_its_grid
             assert T0 + slot * period >= end
 
 
-@pytest.mark.xfail(strict=True, reason="PoolStats.busy counts the updates that wait in the "
-                   "queue as running: it exceeds max_threads")
 @pytest.mark.timeout(60)
 def test_pool_stats_busy_counts_the_updates_that_run_and_queued_those_that_wait():
     clock, ms, rec = fake(end=2, max_workers=1)
@@ -621,8 +619,6 @@ def test_a_larger_max_workers_takes_effect_for_the_next_updates():
     assert pool.saturated == 0
 
 
-@pytest.mark.xfail(strict=True, reason="raising max_workers does not start a thread for the "
-                   "updates already queued: they wait for a running update to return")
 @pytest.mark.timeout(60)
 def test_a_larger_max_workers_starts_the_updates_that_wait_already():
     clock, ms, rec = fake(end=6, max_workers=1)
@@ -638,8 +634,6 @@ def test_a_larger_max_workers_starts_the_updates_that_wait_already():
     assert rel(rec.starts["b"]) == [500, 1000, 2000, 3000, 4000, 5000, 6000]
 
 
-@pytest.mark.xfail(strict=True, reason="after max_workers is lowered, idle threads beyond the "
-                   "new bound keep taking updates: more than max_workers run at once")
 @pytest.mark.timeout(60)
 def test_a_smaller_max_workers_bounds_the_updates_that_run_at_once():
     clock, ms, rec = fake(end=4, max_workers=3)
@@ -702,8 +696,6 @@ def test_failures_back_off_doubling_up_to_max_backoff_and_a_success_ends_it():
     assert ms.retry_at("no such grid") is None
 
 
-@pytest.mark.xfail(strict=True, reason="retry_at() is the end of the backoff, not the slot of "
-                   "the next try, which comes up to a period later")
 @pytest.mark.timeout(60)
 def test_retry_at_is_the_time_of_the_next_try():
     clock, ms, rec = fake(end=4, backoff_after=1, backoff=1.5, max_backoff=5)
@@ -892,8 +884,6 @@ def test_remove_a_busy_grid_runs_then_once_after_its_update_returned():
     assert len(thens) == 1 and thens[0].startswith(WORKER_PREFIX)
 
 
-@pytest.mark.xfail(strict=True, reason="after remove(), busy() and wait_idle() no longer see "
-                   "the grid's update that still runs")
 @pytest.mark.timeout(60)
 def test_busy_and_wait_idle_still_see_the_running_update_of_a_removed_grid():
     clock, ms, rec = fake(end=3)
@@ -957,8 +947,6 @@ def test_call_later_calls_once_on_a_worker_and_cancel_prevents_it():
         ms.call_later(-1, call("never"))
 
 
-@pytest.mark.xfail(strict=True, reason="Timer.cancel() does not stop a call that is due and "
-                   "waits in the queue for a worker: it still runs")
 @pytest.mark.timeout(60)
 def test_cancel_stops_a_due_call_that_waits_for_a_worker():
     clock, ms, rec = fake(end=5, max_workers=1)
@@ -1083,8 +1071,6 @@ def test_run_twice_at_the_same_time_is_an_error():
             ms.run()
 
 
-@pytest.mark.xfail(strict=True, reason="stop() drops the queued update of a removed grid and "
-                   "with it the grid's then(), which never runs")
 @pytest.mark.timeout(60)
 def test_stop_runs_then_of_a_removed_grid_whose_update_waited_for_a_worker():
     clock, ms, rec = fake(end=3, max_workers=1)
@@ -1108,9 +1094,6 @@ def test_stop_runs_then_of_a_removed_grid_whose_update_waited_for_a_worker():
     assert thens == ["b closed"]
 
 
-@pytest.mark.xfail(strict=True, reason="an update raising a BaseException kills its worker "
-                   "thread, which the pool keeps counting: its capacity is gone for good")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.timeout(60)
 def test_an_update_raising_a_base_exception_does_not_cost_the_pool_a_worker():
     class Fatal(BaseException):
