@@ -26,6 +26,9 @@ The benchmarks, also runnable alone (see their docstrings):
 - ``bench_memory.py``: RSS of a Source buffering 1000 x 999 points
 - ``bench_durability.py``: persistent chunks in durable queues against transient ones in
   auto-delete queues (what surviving a broker restart costs)
+- ``bench_host.py``: 50 plugin instances in one ``SourceHost`` process against 50
+  ``mqsync-source`` processes (threads, RSS, connections, lateness, drift), and an instance
+  whose update blocks among 20 others (one run each, about 4 minutes)
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 import bench_durability  # noqa: E402
+import bench_host  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_sink  # noqa: E402
@@ -50,6 +54,7 @@ BENCHMARKS = {
     "latency": bench_latency.run,
     "memory": bench_memory.run,
     "durability": bench_durability.run,
+    "host": bench_host.run,
 }
 
 
