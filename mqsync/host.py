@@ -31,7 +31,9 @@ What a host guarantees:
   from its file only, and logs a warning if the manager holds a configuration for its
   token.  Two instances may not send the same metric: the second one is refused.
 - **One schedule.**  A :class:`~mqsync.scheduler.MultiScheduler` keeps every instance on
-  its own drift-free grid and runs updates on a bounded pool of threads (``workers``):
+  its own drift-free grid, started at a phase of its own (:func:`phase`: instances whose
+  periods are multiples of each other do not all come due at one instant), and runs
+  updates on a bounded pool of threads (``workers``):
   an instance whose update blocks (an unreachable BMC) holds one thread and delays no
   other instance, and one instance never has two updates running at once.
 - **Failure isolation.**  An instance that cannot be configured is reported by name and
@@ -45,22 +47,27 @@ What a host guarantees:
 
 from __future__ import annotations
 
+import collections
 import difflib
+import functools
+import json
 import logging
 import re
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 import attrs
 
+from ._log import Throttled
 from .config import read_config_file
 from .errors import ConfigError
-from .plugin import LoadedKind, PluginSet, PluginSource
+from .plugin import LoadedKind, PluginSet, PluginSource, guarded
 from .rpc import rpc_handler
-from .scheduler import NS_PER_S, Clock, MultiScheduler, PoolStats, Timer
+from .scheduler import NS_PER_S, Clock, Grid, MultiScheduler, PoolStats, Timer
 from .source import Source
 from .timeseries import DurationLike, Timedelta
 
@@ -69,8 +76,27 @@ logger = logging.getLogger(__name__)
 #: The keys of a host file's top level.
 HOST_KEYS = ("token", "workers", "backoff_after", "max_backoff", "sources")
 _NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
-#: How long a dropped instance's last update may take before its resources are closed anyway.
+#: Seconds a source's ``close()`` gets.
 CLOSE_TIMEOUT = 5.0
+#: The longest backoff a host file may ask for.
+MAX_BACKOFF_LIMIT = Timedelta.from_s(86_400)
+#: A host token's length at most, in UTF-8 bytes (its RPC queue name must stay below 255).
+MAX_TOKEN_BYTES = 200
+#: Instances start spread over their first period, or over this much at most (:func:`phase`).
+STAGGER = Timedelta.from_s(1)
+
+
+def phase(name: str, period: Timedelta | None) -> Timedelta:
+    """Where in its first period an instance starts: a fraction of ``period`` (of
+    :data:`STAGGER` at most) taken from a hash of its name, the same at every start.
+
+    Grids started at one instant would all come due together at the multiples of their
+    periods (every second, 24 of 50 instances at once), and wait in turn for the update
+    threads; spread, they rarely meet.
+    """
+    if period is None:
+        return Timedelta(0)
+    return Timedelta(zlib.crc32(name.encode("utf-8")) * min(period.ns, STAGGER.ns) >> 32)
 
 
 def default_host_token() -> str:
@@ -86,11 +112,24 @@ def is_host_file(data: Mapping[str, Any]) -> bool:
 
 @attrs.frozen
 class InstanceSpec:
-    """One ``[[sources.<kind>]]`` table: the instance's name, its kind and configuration."""
+    """One ``[[sources.<kind>]]`` table: the instance's name, its kind and configuration.
+
+    Its repr leaves the configuration out (it may hold passwords).
+    """
 
     name: str
     kind: str
-    config: Mapping[str, Any] = attrs.field(converter=dict)
+    config: Mapping[str, Any] = attrs.field(converter=dict, repr=False)
+
+    def same_as(self, other: InstanceSpec) -> bool:
+        """Whether ``other`` asks for the same instance (NaN equal to NaN: a reload of an
+        unchanged file changes nothing)."""
+        return (self.name, self.kind) == (other.name, other.kind) and \
+            _canonical(self.config) == _canonical(other.config)
+
+
+def _canonical(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=repr)
 
 
 @attrs.frozen
@@ -134,9 +173,10 @@ class HostConfig:
                 raise ConfigError(f"sources.{kind}: {error}") from None
             if isinstance(tables, Mapping):
                 tables = [tables]
-            if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
-                raise ConfigError(f"sources.{kind} must be a table or a list of tables "
-                                  f"([[sources.{kind}]]), got {type(tables).__name__}")
+            if not isinstance(tables, list) or not tables \
+                    or not all(isinstance(t, Mapping) for t in tables):
+                raise ConfigError(f"sources.{kind} must be a table or a non-empty list of "
+                                  f"tables ([[sources.{kind}]]), got {tables!r:.60}")
             for index, table in enumerate(tables):
                 config = dict(table)
                 name = config.pop("name", None)
@@ -156,27 +196,31 @@ class HostConfig:
                                   f"{seen[spec.name]} and sources.{spec.kind})")
             seen[spec.name] = spec.kind
         token = data.get("token")
-        if token is not None and (not isinstance(token, str) or not token
-                                  or any(c.isspace() for c in token)):
-            raise ConfigError(f"invalid token {token!r}: expected a string without white "
-                              "space, e.g. 'source-host-node01'")
-        workers = _int_at_least(data, "workers", 8, 1)
-        backoff_after = _int_at_least(data, "backoff_after", 3, 1)
+        if token is not None and (
+                not isinstance(token, str) or not token or not token.isprintable()
+                or any(c.isspace() for c in token)
+                or len(token.encode("utf-8")) > MAX_TOKEN_BYTES):
+            raise ConfigError(f"invalid token {token!r:.60}: expected a printable string "
+                              f"without white space, at most {MAX_TOKEN_BYTES} bytes, e.g. "
+                              "'source-host-node01'")
+        workers = _int_in(data, "workers", 8, 1, 1024)
+        backoff_after = _int_in(data, "backoff_after", 3, 1, 1_000_000)
         try:
             max_backoff = Timedelta.coerce(data.get("max_backoff", 300), name="max_backoff",
                                            positive=True)
         except (TypeError, ValueError) as error:
             raise ConfigError(str(error)) from None
-        if max_backoff.ns < NS_PER_S:
-            raise ConfigError(f"invalid max_backoff {data['max_backoff']!r}: expected at "
-                              "least 1s")
+        if not NS_PER_S <= max_backoff.ns <= MAX_BACKOFF_LIMIT.ns:
+            raise ConfigError(f"invalid max_backoff {data['max_backoff']!r:.40}: expected "
+                              f"1s to {MAX_BACKOFF_LIMIT}")
         return cls(tuple(instances), token, workers, backoff_after, max_backoff)
 
 
-def _int_at_least(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+def _int_in(data: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"invalid {key} {value!r}: expected an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"invalid {key} {value!r:.40}: expected an integer from {low} to "
+                          f"{high}")
     return value
 
 
@@ -244,8 +288,11 @@ class _Instance:
     spec: InstanceSpec
     kind: LoadedKind
     source: PluginSource | None = None
-    metrics: frozenset[str] = frozenset()
+    grid: Grid | None = None  # once its updates were scheduled
+    metrics: frozenset[str] = frozenset()  # the metrics it owns
     declared: bool = False
+    dropped: bool = False  # no longer the host's: no update of it begins
+    closed: bool = False
     error: str | None = None  # why the last configuration failed
     attempts: int = 0  # failed configurations in a row
     timer: Timer | None = None
@@ -262,10 +309,17 @@ class SourceHost(Source):
         plugins: where the instances' source kinds come from (:func:`mqsync.plugin.load_plugins`).
         schedule: run updates on the schedule; ``False`` leaves calling :meth:`update_once`
             to the owner (``mqsync-source --once``).
+        backoff: the first wait after a failed configuration, or after ``backoff_after``
+            failed updates in a row (a duration; it doubles up to ``max_backoff``).
         clock: the scheduler's clock (tests inject a fake one).
 
     Other keyword arguments go to :class:`~mqsync.Source`.  The instances are configured
     at once, in the constructor: :meth:`instance_stats` shows which were refused.
+
+    An instance's plugin hooks (``configure``, ``metrics``, ``update``, ``interrupt``,
+    ``close``) may raise anything: it is logged and counted against that instance, never
+    the host.  Points an instance sends of a metric another instance owns are dropped
+    and counted (``foreign_points``).
     """
 
     def __init__(self, token: str, url: str | None = None, *, config: HostConfig,
@@ -282,9 +336,15 @@ class SourceHost(Source):
         self._backoff_s = Timedelta.coerce(backoff, name="backoff", positive=True).s
         self._max_backoff_s = config.max_backoff.s
         self._instances: dict[str, _Instance] = {}
-        self._owners: dict[str, str] = {}  # metric -> instance name
+        self._owners: dict[str, _Instance] = {}  # metric -> the instance that sends it
+        self._leaving: list[_Instance] = []  # dropped, not closed yet
+        self._retired: collections.Counter[str] = collections.Counter()  # of dropped ones
+        # _host_lock guards the maps above and each instance's fields; _config_lock
+        # serializes what configures instances (the constructor, reload, retries).
         self._host_lock = threading.RLock()
-        self._reload_lock = threading.Lock()
+        self._config_lock = threading.RLock()
+        self._foreign_warning = Throttled(logger)
+        self._metrics_warning = Throttled(logger)
         self._shut = False
         for spec in config.instances:
             self._add(spec)
@@ -303,18 +363,30 @@ class SourceHost(Source):
             sources = [inst.source for inst in self._instances.values() if inst.source]
         declared: dict[str, Mapping[str, Any]] = {}
         for source in sources:
-            declared.update(source.metrics())
+            declared.update(self._metrics_of(source))
         return declared
+
+    def _metrics_of(self, source: PluginSource) -> Mapping[str, Mapping[str, Any]]:
+        """``source.metrics()``; empty (and a warning) if it raises or returns no mapping."""
+        try:
+            metrics = source.metrics()
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"metrics() returned {type(metrics).__name__}, expected a "
+                                "mapping of metric names to metadata")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # noqa: BLE001 - this instance's bug, not the host's
+            self._metrics_warning.warning("%s: %s: metrics() failed: %s: %s", self.token,
+                                          source.token, type(error).__name__, error)
+            return {}
+        return metrics
 
     def instance_stats(self) -> dict[str, InstanceStats]:
         """Each instance's schedule and failures, by name, in file order."""
         with self._host_lock:
             instances = list(self._instances.values())
         now = time.monotonic()
-        result = {}
-        for inst in instances:
-            result[inst.spec.name] = self._instance_stats(inst, now)
-        return result
+        return {inst.spec.name: self._instance_stats(inst, now) for inst in instances}
 
     def _instance_stats(self, inst: _Instance, now: float) -> InstanceStats:
         name = inst.spec.name
@@ -325,11 +397,8 @@ class SourceHost(Source):
                 consecutive_failures=inst.attempts, missed_slots=0, held_slots=0,
                 last_lateness_ns=None, last_error=inst.error,
                 retry_in_s=None if inst.retry_at is None else max(0.0, inst.retry_at - now))
-        try:
-            grid = self._scheduler.grid(name).stats()
-        except KeyError:  # dropped meanwhile
-            grid = None
-        retry_at = self._scheduler.retry_at(name)
+        grid = inst.grid.stats() if inst.grid is not None else None
+        retry_at = self._scheduler.retry_at(name) if inst.grid is not None else None
         retry_in = None
         state = "running"
         if grid is not None and grid.consecutive_failures:
@@ -357,26 +426,31 @@ class SourceHost(Source):
 
     def stats(self) -> dict[str, int]:
         """Counters of :meth:`Source.stats <mqsync.Source.stats>`, plus the sums over the
-        instances (``updates``, ``update_failures``, ``missed_slots``, ``held_slots``),
-        ``instances``, ``instances_failing`` (failing, backing off or unconfigured),
-        ``update_threads`` (alive now), ``update_threads_peak`` and ``updates_waited``
-        (updates that found every thread busy).  Per instance: :meth:`instance_stats`."""
+        instances, dropped ones included (``updates``, ``update_failures``, ``missed_slots``,
+        ``held_slots``), ``instances``, ``instances_failing`` (failing, backing off or
+        unconfigured), ``update_threads`` (alive now), ``update_threads_peak`` and
+        ``updates_waited`` (updates that found every thread busy); ``foreign_points`` once
+        an instance sent points of another's metric.  Per instance: :meth:`instance_stats`."""
         counters = super().stats()
         per_instance = self.instance_stats().values()
+        with self._host_lock:
+            retired = dict(self._retired)
         counters.update(
             instances=len(per_instance),
             instances_failing=sum(s.state != "running" for s in per_instance),
-            updates=sum(s.updates for s in per_instance),
-            update_failures=sum(s.failures for s in per_instance),
-            missed_slots=sum(s.missed_slots for s in per_instance),
-            held_slots=sum(s.held_slots for s in per_instance),
+            updates=retired.get("updates", 0) + sum(s.updates for s in per_instance),
+            update_failures=retired.get("update_failures", 0)
+            + sum(s.failures for s in per_instance),
+            missed_slots=retired.get("missed_slots", 0)
+            + sum(s.missed_slots for s in per_instance),
+            held_slots=retired.get("held_slots", 0) + sum(s.held_slots for s in per_instance),
         )
         pool = self.pool_stats()
         counters.update(update_threads=pool.threads, update_threads_peak=pool.peak_threads,
                         updates_waited=pool.saturated)
         return counters
 
-    # -- instances -----------------------------------------------------------------------
+    # -- configuring instances (under _config_lock) ----------------------------------------
 
     def _add(self, spec: InstanceSpec) -> None:
         """Take a new instance: configure it now, or report it and try again later."""
@@ -385,22 +459,34 @@ class SourceHost(Source):
             self._instances[spec.name] = inst
         self._try_configure(inst)
 
-    def _build(self, inst: _Instance) -> tuple[PluginSource, frozenset[str]]:
-        """A configured source for ``inst`` and its metrics (checked against the other
-        instances'); raises what its configuration raised."""
+    def _build(self, inst: _Instance, ignore: Collection[str] = (),
+               claimed: Mapping[str, str] | None = None) -> tuple[PluginSource, frozenset[str]]:
+        """A configured source for ``inst`` and its metrics, checked against those the
+        other instances send (but those of the instances named in ``ignore``) and those
+        ``claimed`` by name; raises what its configuration raised."""
         spec = inst.spec
         source = inst.kind.kind.source_class(f"{self.token}/{spec.name}", None,
                                              config=spec.config, schedule=False)
         try:
-            metrics = frozenset(source.metrics())
+            declared = source.metrics()
+            if not isinstance(declared, Mapping) or not all(isinstance(m, str)
+                                                           for m in declared):
+                raise ConfigError(f"{spec.kind}: metrics() returned {declared!r:.60}, "
+                                  "expected a mapping of metric names to metadata")
+            metrics = frozenset(declared)
             with self._host_lock:
-                for metric in metrics:
-                    owner = self._owners.get(metric, spec.name)
-                    if owner != spec.name:
+                for metric in sorted(metrics):
+                    owner = self._owners.get(metric)
+                    if owner is not None and owner.spec.name != spec.name \
+                            and owner.spec.name not in ignore:
                         raise ConfigError(f"metric {metric!r} is already sent by instance "
-                                          f"{owner!r}")
+                                          f"{owner.spec.name!r}")
+                    other = (claimed or {}).get(metric, spec.name)
+                    if other != spec.name:
+                        raise ConfigError(f"metric {metric!r} is also sent by instance "
+                                          f"{other!r}")
         except BaseException:
-            self._close_source(source)
+            guarded(lambda: source.close(CLOSE_TIMEOUT), f"{source.token}: close()")
             raise
         return source, metrics
 
@@ -408,7 +494,9 @@ class SourceHost(Source):
         name = inst.spec.name
         try:
             source, metrics = self._build(inst)
-        except Exception as error:  # noqa: BLE001 - any plugin error: reported, retried
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # noqa: BLE001 - any plugin error: reported, retried
             inst.attempts += 1
             inst.error = f"{type(error).__name__}: {error}"
             if not self._schedule:  # --check, --once: the caller reports it
@@ -421,40 +509,58 @@ class SourceHost(Source):
                          "%.3g s", self.token, name, inst.spec.kind, inst.error, delay)
             inst.timer = self._scheduler.call_later(delay, lambda: self._retry(inst))
             return
-        self._install(inst, source, metrics)
-        if inst.attempts:
+        if self._install(inst, source, metrics) and inst.attempts:
             logger.info("%s: instance %r configured after %d failed attempts", self.token, name,
                         inst.attempts)
         inst.attempts, inst.error, inst.retry_at, inst.timer = 0, None, None, None
 
     def _retry(self, inst: _Instance) -> None:
-        with self._host_lock:
-            if self._instances.get(inst.spec.name) is not inst or self._shut:
-                return  # removed or replaced meanwhile
-        self._try_configure(inst)
+        with self._config_lock:
+            with self._host_lock:
+                if self._instances.get(inst.spec.name) is not inst or self._shut:
+                    return  # removed or replaced meanwhile
+            self._try_configure(inst)
         if inst.source is not None and self._connected:
             self._declare_instance(inst)
 
-    def _install(self, inst: _Instance, source: PluginSource,
-                 metrics: frozenset[str]) -> None:
-        name = inst.spec.name
-        source.route_to(self, lambda declared, timeout=None: self._declare_for(name, declared,
-                                                                        timeout))
+    def _install(self, inst: _Instance, source: PluginSource, metrics: frozenset[str],
+                 start: bool = True) -> bool:
+        """Make ``source`` the configured source of ``inst`` (if ``inst`` is still current)
+        and, with ``start``, schedule its updates; whether it was installed."""
+        source.route_to(self, lambda declared, timeout=None: self._declare_for(
+            inst, declared, timeout), accept=lambda metric: metric in inst.metrics
+            or self._accept(inst, metric))
         with self._host_lock:
-            shut = self._shut  # configured by a retry while the host stopped
-            if not shut:
+            current = not self._shut and self._instances.get(inst.spec.name) is inst
+            if current:
                 for metric in metrics:
-                    self._owners[metric] = name
+                    self._owners[metric] = inst
                 inst.source, inst.metrics = source, metrics
-                self._scheduler.add(name, lambda: self._update(inst), source.period,
-                                    name=f"{self.token}/{name}")
-        if shut:
-            self._close_source(source)
+        if not current:
+            guarded(lambda: source.close(CLOSE_TIMEOUT), f"{source.token}: close()")
+            return False
+        if start:
+            self._start(inst)
+        return True
+
+    def _start(self, inst: _Instance) -> None:
+        """Schedule the updates of ``inst``, unless it was dropped meanwhile."""
+        with self._host_lock:
+            source = inst.source
+            if self._shut or inst.dropped or inst.grid is not None or source is None:
+                return
+            name = inst.spec.name
+            inst.grid = self._scheduler.add(
+                name, lambda: self._update(inst), source.period,
+                start_delay=phase(name, source.period), name=f"{self.token}/{name}")
+
+    # -- running instances ---------------------------------------------------------------
 
     def _update(self, inst: _Instance) -> None:
         """On a worker: one update of ``inst`` (declaring its metrics first, once)."""
         source = inst.source
-        assert source is not None
+        if source is None or inst.dropped or self._shut:
+            return
         if not inst.declared and self._connected:
             self._declare_instance(inst)
         with source.callback_lock:
@@ -463,45 +569,100 @@ class SourceHost(Source):
     def _declare_instance(self, inst: _Instance) -> None:
         source = inst.source
         if source is not None:
-            inst.declared = source.declare_new_metrics(source.metrics())
+            inst.declared = source.declare_new_metrics(self._metrics_of(source))
 
-    def _declare_for(self, name: str, metrics: Mapping[str, Mapping[str, Any]],
+    def _declare_for(self, inst: _Instance, metrics: Mapping[str, Mapping[str, Any]],
                      timeout: float | None = None) -> None:
-        """Declare metrics of instance ``name`` under the host's token, refusing those of
-        another instance."""
+        """Declare metrics of ``inst`` under the host's token; refuse those another
+        instance sends.  A dropped instance's late declaration is ignored."""
+        name = inst.spec.name
+        names = [metric for metric in metrics]
         with self._host_lock:
-            for metric in metrics:
-                owner = self._owners.setdefault(metric, name)
-                if owner != name:
-                    raise ConfigError(f"{self.token}: instance {name!r} cannot send {metric!r}: "
-                                      f"instance {owner!r} does")
-            inst = self._instances.get(name)
-            if inst is not None and inst.source is not None:
-                inst.metrics = inst.metrics | frozenset(metrics)
+            if inst.dropped or self._instances.get(name) is not inst:
+                return
+            for metric in names:
+                owner = self._owners.get(metric, inst)
+                if owner is not inst and owner.spec.name != name:
+                    raise ConfigError(f"{self.token}: instance {name!r} cannot send "
+                                      f"{metric!r}: instance {owner.spec.name!r} does")
+            for metric in names:
+                self._owners[metric] = inst
+            inst.metrics = inst.metrics | frozenset(names)
         Source.declare_metrics(self, metrics, timeout)
 
+    def _accept(self, inst: _Instance, metric: str) -> bool:
+        """A point of ``metric`` from ``inst`` (not among the metrics it owns yet): take it
+        if no other instance sends that metric; else count it and drop it."""
+        with self._host_lock:
+            owner = self._owners.get(metric)
+            if owner is None and not inst.dropped:
+                self._owners[metric] = inst
+                inst.metrics = inst.metrics | {metric}
+                return True
+            if owner is None or owner is inst or owner.spec.name == inst.spec.name:
+                return True  # a dropped instance's last update, or its successor's metric
+        self._count("foreign_points")
+        self._foreign_warning.warning("%s: instance %r sent a point of %r, which instance %r "
+                                      "sends; dropped", self.token, inst.spec.name, metric,
+                                      owner.spec.name)
+        return False
+
+    # -- dropping instances ----------------------------------------------------------------
+
     def _drop(self, name: str) -> None:
-        """Stop instance ``name``: no update begins from now on, its running one is
-        interrupted, its source closed once that returned.  Its points already sent stay
-        in the host's buffers and leave with them."""
         with self._host_lock:
             inst = self._instances.pop(name)
+        self._dismiss(inst)
+
+    def _dismiss(self, inst: _Instance, successor: _Instance | None = None) -> None:
+        """``inst`` is no longer the host's: no update of it begins from now on, its
+        running one is interrupted, its source closed once that returned; then the
+        ``successor`` (a replacement) starts.  Its points already sent stay in the host's
+        buffers and leave with them."""
+        with self._host_lock:
+            inst.dropped = True
             for metric in inst.metrics:
-                if self._owners.get(metric) == name:
+                if self._owners.get(metric) is inst:
                     del self._owners[metric]
+            inst.metrics = frozenset()
+            if inst.source is not None:
+                self._leaving.append(inst)
+            else:
+                self._retired["update_failures"] += inst.attempts
         if inst.timer is not None:
             inst.timer.cancel()
-        source = inst.source
-        if source is None:
-            return
-        source.interrupt()
-        self._scheduler.remove(name, then=lambda: self._close_source(source))
 
-    def _close_source(self, source: PluginSource) -> None:
-        try:
-            source.close(CLOSE_TIMEOUT)
-        except Exception:  # noqa: BLE001 - one plugin's cleanup must not stop the others'
-            logger.exception("%s: closing %s failed", self.token, source.token)
+        def retire() -> None:
+            self._retire(inst)
+            if successor is not None:
+                self._start(successor)
+
+        if inst.grid is None or not self._scheduler.remove(inst.spec.name, then=retire):
+            retire()
+        source = inst.source
+        if source is not None:
+            guarded(source.interrupt, f"{source.token}: interrupt()")
+
+    def _retire(self, inst: _Instance) -> None:
+        """After the last update of a dropped instance: keep its counts, close its source."""
+        if inst.grid is not None:
+            grid = inst.grid.stats()
+            with self._host_lock:
+                self._retired.update(updates=grid.updates, update_failures=grid.failures,
+                                     missed_slots=grid.missed_slots,
+                                     held_slots=grid.held_slots)
+        self._close(inst)
+
+    def _close(self, inst: _Instance) -> None:
+        """Close the source of ``inst``, once."""
+        with self._host_lock:
+            source = inst.source
+            if inst.closed or source is None:
+                return
+            inst.closed = True
+            if inst in self._leaving:
+                self._leaving.remove(inst)
+        guarded(lambda: source.close(CLOSE_TIMEOUT), f"{source.token}: close()")
 
     # -- reload --------------------------------------------------------------------------
 
@@ -509,63 +670,98 @@ class SourceHost(Source):
         """Apply a new host file: start added instances, drop removed ones, replace changed
         ones (same name, another kind or configuration).  Unchanged instances are not
         touched.  A changed instance whose new configuration is refused keeps running with
-        its old one (see :attr:`ReloadReport.refused`).  ``workers`` takes effect at once;
-        a new ``token`` needs a restart (logged)."""
-        with self._reload_lock:
-            if config.token is not None and config.token != self._config.token:
-                logger.warning("%s: the host file now names the token %r; a new token needs "
-                               "a restart", self.token, config.token)
+        its old one (see :attr:`ReloadReport.refused`); a replacement starts once the old
+        instance's running update returned.  ``workers`` takes effect at once; a new
+        ``token``, ``backoff_after`` or ``max_backoff`` needs a restart (logged)."""
+        with self._config_lock:
+            if self._shut:
+                logger.warning("%s: reload ignored: the host is stopping", self.token)
+                return ReloadReport()
+            for key in ("token", "backoff_after", "max_backoff"):
+                new_value, old_value = getattr(config, key), getattr(self._config, key)
+                if new_value != old_value and not (key == "token" and new_value is None):
+                    logger.warning("%s: the host file now sets %s = %r; that needs a "
+                                   "restart (it stays %r)", self.token, key, new_value,
+                                   old_value)
             self._scheduler.max_workers = config.workers
             with self._host_lock:
                 old = {name: inst.spec for name, inst in self._instances.items()}
             new = {spec.name: spec for spec in config.instances}
             added = [n for n in new if n not in old]
             removed = [n for n in old if n not in new]
-            changed = [n for n in new if n in old and old[n] != new[n]]
-            unchanged = [n for n in new if n in old and old[n] == new[n]]
+            changed = [n for n in new if n in old and not old[n].same_as(new[n])]
+            unchanged = [n for n in new if n in old and old[n].same_as(new[n])]
             for name in removed:
                 self._drop(name)
-            refused: dict[str, str] = {}
-            for name in changed:
-                refusal = self._replace(new[name])
-                if refusal is not None:
-                    refused[name] = refusal
+            refused = self._replace([new[name] for name in changed])
             for name in added:
                 self._add(new[name])
-                inst = self._instances.get(name)
-                if inst is not None and inst.source is not None and self._connected:
-                    self._declare_instance(inst)
             with self._host_lock:  # in the file's order
                 self._instances = {name: self._instances[name] for name in new}
-            self._config = attrs.evolve(config, token=self._config.token)
+                fresh = [self._instances[name] for name in (*added, *changed)]
+            if self._connected:
+                for inst in fresh:
+                    if inst.source is not None and not inst.declared:
+                        self._declare_instance(inst)
+            self._config = attrs.evolve(config, token=self._config.token,
+                                        backoff_after=self._config.backoff_after,
+                                        max_backoff=self._config.max_backoff)
             report = ReloadReport(tuple(added), tuple(removed), tuple(changed),
                                   tuple(unchanged), refused)
             logger.info("%s: reloaded: %s", self.token, report.summary())
             return report
 
-    def _replace(self, spec: InstanceSpec) -> str | None:
-        """Replace the instance ``spec.name`` by one with ``spec``; the reason if refused."""
-        with self._host_lock:
-            old = self._instances[spec.name]
-        if old.source is None:  # never configured: just start over
-            self._drop(spec.name)
-            self._add(spec)
-            return None
-        candidate = _Instance(spec, self._plugins.get(spec.kind))
-        try:
-            source, metrics = self._build(candidate)
-        except Exception as error:  # noqa: BLE001 - keep the old configuration
-            reason = f"{type(error).__name__}: {error}"
+    def _replace(self, specs: list[InstanceSpec]) -> dict[str, str]:
+        """Replace the instances ``specs`` name; the refused ones (they keep their old
+        configuration) with the reason.  Their old metrics do not count against their new
+        ones (two instances may swap a metric), but a refused instance keeps its own."""
+        ignore = {spec.name for spec in specs}
+        refused: dict[str, str] = {}
+        built: dict[str, tuple[_Instance, PluginSource, frozenset[str]]] = {}
+        claimed: dict[str, str] = {}
+        for spec in specs:
+            with self._host_lock:
+                old = self._instances[spec.name]
+            if old.source is None:  # never configured: start over
+                self._drop(spec.name)
+                self._add(spec)
+                continue
+            candidate = _Instance(spec, self._plugins.get(spec.kind))
+            try:
+                source, metrics = self._build(candidate, ignore, claimed)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # noqa: BLE001 - keep the old configuration
+                refused[spec.name] = f"{type(error).__name__}: {error}"
+                continue
+            built[spec.name] = (candidate, source, metrics)
+            claimed.update(dict.fromkeys(metrics, spec.name))
+        clashing = True
+        while clashing:  # a refused instance keeps its metrics: who would take one is refused
+            clashing = False
+            with self._host_lock:
+                kept = {metric: name for name in refused
+                        for metric in self._instances[name].metrics}
+            for name, (_, source, metrics) in list(built.items()):
+                clash = sorted(metric for metric in metrics if kept.get(metric, name) != name)
+                if clash:
+                    refused[name] = (f"ConfigError: metric {clash[0]!r} is still sent by "
+                                     f"instance {kept[clash[0]]!r}, whose new configuration "
+                                     "was refused")
+                    del built[name]
+                    guarded(functools.partial(source.close, CLOSE_TIMEOUT),
+                            f"{source.token}: close()")
+                    clashing = True
+        for name, reason in refused.items():
             logger.error("%s: instance %r keeps its configuration: the new one is refused: %s",
-                         self.token, spec.name, reason)
-            return reason
-        self._drop(spec.name)
-        with self._host_lock:
-            self._instances[spec.name] = candidate
-        self._install(candidate, source, metrics)
-        if self._connected:
-            self._declare_instance(candidate)
-        return None
+                         self.token, name, reason)
+        for name, (candidate, source, metrics) in built.items():
+            with self._host_lock:
+                old = self._instances[name]
+                self._instances[name] = candidate
+            self._install(candidate, source, metrics, start=False)
+            self._dismiss(old, successor=candidate)
+        return refused
 
     # -- one update of each, for --once ------------------------------------------------------
 
@@ -579,7 +775,9 @@ class SourceHost(Source):
         for inst in chosen:
             try:
                 self._update(inst)
-            except Exception as error:  # noqa: BLE001 - returned to the caller
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # noqa: BLE001 - returned to the caller
                 results[inst.spec.name] = error
             else:
                 results[inst.spec.name] = None
@@ -600,7 +798,7 @@ class SourceHost(Source):
         declared: dict[str, Mapping[str, Any]] = {}
         for inst in ready:
             assert inst.source is not None
-            declared.update(inst.source.metrics())
+            declared.update(self._metrics_of(inst.source))
         if declared:
             try:  # one RPC for all; on failure each instance tries with its next update
                 Source.declare_metrics(self, declared)
@@ -623,21 +821,25 @@ class SourceHost(Source):
         self._shutdown(timeout / 2)  # a host never started still closes its instances
 
     def _shutdown(self, timeout: float) -> None:
-        """Interrupt every instance, end the schedule and its workers, close every source."""
+        """No update begins any more; interrupt the running ones, wait for them (up to
+        ``timeout``), close every source (also of dropped instances not closed yet)."""
         with self._host_lock:
             if self._shut:
                 return
             self._shut = True
-            instances = list(self._instances.values())
-        for inst in instances:
+            current = list(self._instances.values())
+        for inst in current:
             if inst.timer is not None:
                 inst.timer.cancel()
+        self._scheduler.halt()
+        for inst in current:
             if inst.source is not None:
-                inst.source.interrupt()
+                guarded(inst.source.interrupt, f"{inst.source.token}: interrupt()")
         self._scheduler.stop(timeout)
-        for inst in instances:
-            if inst.source is not None:
-                self._close_source(inst.source)
+        with self._host_lock:
+            leaving = list(self._leaving)
+        for inst in (*current, *leaving):
+            self._close(inst)
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import attrs
 import pluggy
 
+from ._log import Throttled
 from .errors import ConfigError, PluginError
 from .interval_source import IntervalSource
 from .rpc import rpc_handler
@@ -245,6 +246,7 @@ class PluginSource(IntervalSource):
                  config: Mapping[str, Any] | None = None, period: DurationLike | None = None,
                  **kwargs: Any):
         super().__init__(token, url, **kwargs)
+        self._declare_warning = Throttled(logger)
         self._given_config = dict(config or {})
         self._period_override = period
         self.configuration: dict[str, Any] = {}
@@ -276,26 +278,47 @@ class PluginSource(IntervalSource):
     def _on_stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         # not under the callback lock: an update() may be waiting for a device right now
-        self.interrupt()
+        guarded(self.interrupt, f"{self.token}: interrupt()")
         try:
             super()._on_stop(timeout)
         finally:
-            self.close(max(0.0, deadline - time.monotonic()))
+            guarded(lambda: self.close(max(0.0, deadline - time.monotonic())),
+                    f"{self.token}: close()")
 
     # -- in a host ---------------------------------------------------------------------
 
-    def route_to(self, outlet: Source, declare: Callable[..., None]) -> None:
+    def route_to(self, outlet: Source, declare: Callable[..., None],
+                 accept: Callable[[str], bool] | None = None) -> None:
         """Send through ``outlet`` instead of a connection of this source's own.
 
         A :class:`~mqsync.host.SourceHost` runs many plugin sources in one process on its
         one connection pair: it never starts them, but routes their :meth:`send`,
         :meth:`send_many`, :meth:`metric` and :meth:`flush` to itself, and their
         :meth:`declare_metrics` to ``declare``, which declares the metrics under the
-        host's token.  (``source[name]`` still names this source's own handle: hosted
-        sources use :meth:`metric`.)
+        host's token.  ``accept(metric)``, if given, is asked before points of a metric
+        are handed on: False drops them (the host counts them), and :meth:`metric`
+        raises :class:`~mqsync.errors.ConfigError`.  (``source[name]`` still names this
+        source's own handle: hosted sources use :meth:`metric`.)
         """
-        for name in ("send", "send_many", "metric", "flush"):
-            setattr(self, name, _forward(outlet, name))
+        def send(metric: str, time: Any, value: float) -> None:
+            if accept is None or accept(metric):
+                outlet.send(metric, time, value)
+
+        def send_many(metric: str, times: Any, values: Any) -> None:
+            if accept is None or accept(metric):
+                outlet.send_many(metric, times, values)
+
+        def metric(name: str) -> Any:
+            if accept is not None and not accept(name):
+                raise ConfigError(f"{self.token}: metric {name!r} is sent by another source "
+                                  "of this host")
+            return outlet.metric(name)
+
+        def flush(timeout: float | None = None) -> None:
+            outlet.flush(timeout)
+
+        for function in (send, send_many, metric, flush):
+            setattr(self, function.__name__, function)
         self.declare_metrics = declare  # type: ignore[method-assign]
 
     # -- configuration ---------------------------------------------------------------
@@ -326,8 +349,9 @@ class PluginSource(IntervalSource):
         try:
             self.declare_metrics(metrics)
         except Exception as error:  # noqa: BLE001 - send anyway, declare next update
-            logger.warning("%s: could not declare %d new metrics (%s); retrying with the next "
-                           "update", self.token, len(metrics), error)
+            self._declare_warning.warning("%s: could not declare %d new metrics (%s); "
+                                          "retrying with the next update", self.token,
+                                          len(metrics), error)
             return False
         return True
 
@@ -337,13 +361,17 @@ class PluginSource(IntervalSource):
         return None if period is None or not period.ns else 1e9 / period.ns
 
 
-def _forward(outlet: Source, name: str) -> Callable[..., Any]:
-    """``outlet.<name>(...)``, looked up at each call (a tap on the outlet sees it)."""
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return getattr(outlet, name)(*args, **kwargs)
-
-    forward.__name__ = name
-    return forward
+def guarded(call: Callable[[], None], what: str) -> bool:
+    """Run a plugin's hook; log (with traceback) and swallow anything it raises, even a
+    ``SystemExit``: one plugin's cleanup never stops the others'.  Whether it returned."""
+    try:
+        call()
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - logged; the caller goes on
+        logger.exception("%s failed", what)
+        return False
+    return True
 
 
 def _period_of(config: Mapping[str, Any]) -> Timedelta | None:

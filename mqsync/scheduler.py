@@ -143,6 +143,9 @@ class Grid:
         period change. Without ``align`` the first slot is the moment the grid is first asked.
     :param offset: shift of the aligned grid, a duration as ``period``; may be negative; only
         with ``align``.
+    :param start_delay: without ``align``: the first slot comes this long after the grid is
+        first asked (a duration as ``period``, >= 0), so that many grids started at once
+        need not all come due at the same instants.
     :param clock: a :class:`Clock`; :class:`SystemClock` by default.
     :param name: prefixes log messages (e.g. the source's token).
     :param history_size: how many recent lateness samples :meth:`recent_lateness_ns` keeps.
@@ -156,6 +159,7 @@ class Grid:
         *,
         align: bool = False,
         offset: DurationLike = 0,
+        start_delay: DurationLike = 0,
         clock: Clock | None = None,
         name: str = "",
         history_size: int = 1024,
@@ -164,6 +168,11 @@ class Grid:
         offset_ns = Timedelta.coerce(offset, name="offset").ns
         if offset_ns and not align:
             raise ValueError(f"offset needs align=True, got offset={offset!r} with align=False")
+        start_delay_ns = Timedelta.coerce(start_delay, name="start_delay", negative=False).ns
+        if start_delay_ns and align:
+            raise ValueError(f"start_delay is for a grid without align (an aligned one moves "
+                             f"with offset), got start_delay={start_delay!r} with align=True")
+        self._start_delay_ns = start_delay_ns
         if not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"history_size must be an int >= 0, got {history_size!r}")
         self._period_ns: int | None = None if period is None else _period_ns(period)
@@ -352,7 +361,7 @@ class Grid:
                 slot += period
             return slot
         if last_slot is None:
-            return now
+            return now + self._start_delay_ns
         # Keep the phase of the grid the last update ran on: its next slot at or after now.
         steps = max(1, _ceil_div(now - last_slot, period))
         return last_slot + steps * period
@@ -806,8 +815,8 @@ class MultiScheduler:
     # -- grids, from any thread ------------------------------------------------------------
 
     def add(self, key: Hashable, update: Callable[[], None], period: DurationLike | None, *,
-            align: bool = False, offset: DurationLike = 0, name: str | None = None,
-            history_size: int = 1024) -> Grid:
+            align: bool = False, offset: DurationLike = 0, start_delay: DurationLike = 0,
+            name: str | None = None, history_size: int = 1024) -> Grid:
         """Run ``update()`` on a new grid (arguments as :class:`Grid`); returns the grid,
         whose :attr:`Grid.period` may be set any time.
 
@@ -815,7 +824,8 @@ class MultiScheduler:
             KeyError: a grid with this key exists.
         """
         entry: _Entry
-        grid = Grid(period, align=align, offset=offset, clock=self._clock,
+        grid = Grid(period, align=align, offset=offset, start_delay=start_delay,
+                    clock=self._clock,
                     name=str(key) if name is None else name, history_size=history_size,
                     on_change=lambda: self._changed(entry))
         entry = _Entry(key, update, grid)
@@ -1026,12 +1036,10 @@ class MultiScheduler:
         if then is not None:
             then()
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop handing out updates, wait up to ``timeout`` s for the running ones, end the
-        workers.  Returns whether every worker ended.  Idempotent; an update running is not
-        interrupted, none begins after stop() returned.  The ``then()`` of removed grids
-        run here if no worker ran them yet; due calls of :meth:`call_later` are dropped."""
-        deadline = time.monotonic() + timeout
+    def halt(self) -> None:
+        """Stop handing out updates: none begins from now on; those running go on.
+        Idempotent.  The ``then()`` of removed grids run here if no worker ran them yet;
+        due calls of :meth:`call_later` are dropped.  :meth:`stop` halts and waits."""
         with self._lock:
             self._stop_requested = True
             waiting = [entry for entry in (*self._entries.values(), *self._removing.values())
@@ -1043,4 +1051,11 @@ class MultiScheduler:
         for job in dropped:
             if isinstance(job, _Then):
                 job()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """:meth:`halt`, then wait up to ``timeout`` s for the running updates and end the
+        workers.  Returns whether every worker ended.  Idempotent; an update running is
+        not interrupted."""
+        deadline = time.monotonic() + timeout
+        self.halt()
         return self._pool.join(deadline)

@@ -9,6 +9,7 @@ block an update until released.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import threading
@@ -19,9 +20,9 @@ import attrs
 import pytest
 
 from mqsync.errors import ConfigError
-from mqsync.host import HostConfig, InstanceSpec, SourceHost
+from mqsync.host import STAGGER, HostConfig, InstanceSpec, SourceHost, phase
 from mqsync.plugin import ConfigOption, PluginSource, SourceKind, hookimpl, load_plugins
-from mqsync.timeseries import Timestamp
+from mqsync.timeseries import Timedelta, Timestamp
 from tests._support import RecordingSink, wait_until
 
 # -- a plugin kind the tests control ------------------------------------------------------
@@ -43,6 +44,11 @@ class Behaviour:
     interrupts: int = 0
     closes: int = 0
     configurations: int = 0
+    fail_hooks: set = attrs.Factory(set)  # "interrupt", "close", "metrics" raise
+    refuse_with: type = ConfigError  # what a refused configuration raises
+    metrics_override: Any = None  # what metrics() returns instead, if set
+    foreign_metric: str | None = None  # update() also sends a point of this metric
+    interrupt_releases: bool = True
 
 
 BEHAVIOURS: dict[str, Behaviour] = {}
@@ -64,11 +70,15 @@ class ControlledSource(PluginSource):
             behaviour.configurations += 1
             if behaviour.refuse_configurations > 0:
                 behaviour.refuse_configurations -= 1
-                raise ConfigError("the device is not ready yet")
+                raise behaviour.refuse_with("the device is not ready yet")
         self.behaviour = behaviour
         self.metric_name = f"{config['prefix']}.value"
 
-    def metrics(self) -> dict[str, dict[str, Any]]:
+    def metrics(self) -> Any:
+        if "metrics" in self.behaviour.fail_hooks:
+            raise RuntimeError("metrics() is broken")
+        if self.behaviour.metrics_override is not None:
+            return self.behaviour.metrics_override
         return {self.metric_name: {"unit": ""}}
 
     def update(self) -> None:
@@ -85,16 +95,23 @@ class ControlledSource(PluginSource):
             if behaviour.fail_updates:
                 raise RuntimeError("the sensor does not answer")
             self.send(self.metric_name, Timestamp.now(), float(behaviour.updates))
+            if behaviour.foreign_metric is not None:
+                self.send(behaviour.foreign_metric, Timestamp.now(), -1.0)
         finally:
             with behaviour.lock:
                 behaviour.running -= 1
 
     def interrupt(self) -> None:
         self.behaviour.interrupts += 1
-        self.behaviour.release.set()
+        if self.behaviour.interrupt_releases:
+            self.behaviour.release.set()
+        if "interrupt" in self.behaviour.fail_hooks:
+            raise RuntimeError("interrupt() is broken")
 
     def close(self, timeout: float) -> None:
         self.behaviour.closes += 1
+        if "close" in self.behaviour.fail_hooks:
+            raise SystemExit("close() calls sys.exit()")
 
 
 class ControlledPlugin:
@@ -158,8 +175,15 @@ def test_a_host_file_lists_instances_by_kind_and_name(plugins):
     ({"sources": {"dummy": [{}, {}]}}, r"2 instances of 'dummy' need a name each"),
     ({"sources": {"dummy": [{"name": "x"}, {"name": "x"}]}}, r"name 'x' is used twice"),
     ({"sources": {"dummy": {"name": "a b"}}}, r"invalid name 'a b'"),
-    ({"sources": {"dummy": "fast"}}, r"sources\.dummy must be a table or a list of tables"),
-    ({"sources": {"dummy": {}}, "workers": 0}, r"invalid workers 0: expected an integer >= 1"),
+    ({"sources": {"dummy": "fast"}}, r"sources\.dummy must be a table or a non-empty list "),
+    ({"sources": {"dummy": []}}, r"sources\.dummy must be a table or a non-empty list "),
+    ({"sources": {"dummy": {}}, "workers": 0}, r"invalid workers 0: expected an integer "
+                                               r"from 1 to 1024"),
+    ({"sources": {"dummy": {}}, "workers": 10**30}, r"invalid workers 1000000000000000"),
+    ({"sources": {"dummy": {}}, "token": "a\x00b"}, r"invalid token 'a\\x00b'"),
+    ({"sources": {"dummy": {}}, "token": "x" * 300}, r"at most 200 bytes"),
+    ({"sources": {"dummy": {}}, "max_backoff": 1e300}, r"invalid max_backoff 1e\+300: expected "
+                                                       r"1s to 1d"),
     ({"sources": {"dummy": {}}, "token": "a b"}, r"invalid token 'a b'"),
     ({"sources": {"dummy": {}}, "max_backoff": "10ms"}, r"invalid max_backoff '10ms'"),
 ])
@@ -432,3 +456,155 @@ def test_a_reload_loses_no_point_of_the_unchanged_instances(plugins, behaviour, 
         # every slot of the grid is accounted for: sent, or skipped and counted
         slots = round((times[-1] - times[0]) / 20_000_000) + 1
         assert slots == len(times) + stats[f"kept{i}"].missed_slots
+
+
+# -- hostile plugins, reload corner cases -----------------------------------------------------
+
+
+def controlled(name: str, key: str, prefix: str, period: str = "20ms", **more: Any) -> dict:
+    return {"name": name, "behaviour": key, "prefix": prefix, "period": period, **more}
+
+
+@pytest.mark.timeout(60)
+def test_plugin_hooks_that_raise_stop_neither_the_host_nor_the_others(plugins, behaviour,
+                                                                      unique, caplog):
+    bad_key, bad = behaviour(fail_hooks={"interrupt", "close"})
+    gone_key, gone = behaviour(fail_hooks={"interrupt", "close"})
+    good_key, good = behaviour()
+    config = host_config(plugins, {"controlled": [
+        controlled("bad", bad_key, f"{unique}.bad"),
+        controlled("gone", gone_key, f"{unique}.gone"),
+        controlled("good", good_key, f"{unique}.good"),
+    ]})
+    with SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins) as host:
+        assert wait_until(lambda: good.updates >= 3 and bad.updates >= 3, timeout=20)
+        bad.fail_hooks.add("metrics")  # from now on its metrics() raises too
+        assert set(host.metrics()) == {f"{unique}.gone.value", f"{unique}.good.value"}
+        report = host.reload(host_config(plugins, {"controlled": [
+            controlled("bad", bad_key, f"{unique}.bad"),
+            controlled("good", good_key, f"{unique}.good"),
+        ]}))
+        assert report.removed == ("gone",)
+        assert wait_until(lambda: gone.closes == 1)
+        assert "gone" not in host.instances
+        count = good.updates
+        assert wait_until(lambda: good.updates >= count + 3, timeout=20)
+    # stopped, every thread joined (the leak check), every source closed once
+    assert (bad.interrupts, bad.closes, good.closes, gone.closes) == (1, 1, 1, 1)
+    assert "interrupt() failed" in caplog.text and "close() failed" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_a_configuration_that_raises_system_exit_is_reported_and_retried(plugins, behaviour,
+                                                                         unique):
+    key, late = behaviour(refuse_configurations=1, refuse_with=SystemExit)
+    config = host_config(plugins, {"controlled": controlled("late", key, unique)})
+    host = SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins,
+                      backoff=0.05)
+    assert host.instance_stats()["late"].last_error == "SystemExit: the device is not ready yet"
+    with host:
+        assert wait_until(lambda: late.updates >= 2, timeout=20)
+        assert late.configurations == 2
+
+
+def test_metrics_must_be_a_mapping_of_names(plugins, behaviour, unique):
+    key, _ = behaviour(metrics_override=[f"{unique}.a"])
+    config = host_config(plugins, {"controlled": controlled("odd", key, unique)})
+    host = SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins,
+                      schedule=False)
+    try:
+        error = host.instance_stats()["odd"].last_error
+        assert error is not None and "expected a mapping of metric names to metadata" in error
+    finally:
+        host.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_replacement_starts_only_once_the_old_update_returned(plugins, behaviour, unique):
+    key, device = behaviour(block=True, interrupt_releases=False)
+    config = host_config(plugins, {"controlled": controlled("dev", key, f"{unique}.a")})
+    with SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins) as host:
+        assert device.blocked.wait(20)
+        old = host.instances["dev"]
+        report = host.reload(host_config(plugins, {"controlled": controlled(
+            "dev", key, f"{unique}.b")}))
+        assert report.changed == ("dev",)
+        assert host.instances["dev"] is not old
+        # the old update still blocks: the new instance has not begun one
+        assert device.updates == 1 and device.interrupts == 1 and device.closes == 0
+        device.block = False
+        device.release.set()
+        assert wait_until(lambda: device.updates >= 4, timeout=20)
+        assert device.closes == 1  # the old one, once its update returned
+        assert device.most_running == 1
+        assert f"{unique}.b.value" in host.metrics()
+
+
+@pytest.mark.timeout(60)
+def test_points_of_another_instances_metric_are_dropped_and_counted(plugins, behaviour, unique):
+    owner_key, _ = behaviour()
+    intruder_key, intruder = behaviour(foreign_metric=f"{unique}.owner.value")
+    config = host_config(plugins, {"controlled": [
+        controlled("owner", owner_key, f"{unique}.owner"),
+        controlled("intruder", intruder_key, f"{unique}.intruder"),
+    ]})
+    with SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins) as host, \
+            RecordingSink(f"sink-{unique}", None) as sink:
+        sink.subscribe([f"{unique}.owner.value"])
+        assert wait_until(lambda: intruder.updates >= 5 and sink.count() >= 5, timeout=20)
+        assert host.stats()["foreign_points"] >= 4
+    assert all(value >= 1.0 for metric, _, value in sink.points)  # none of the intruder's
+
+
+@pytest.mark.timeout(60)
+def test_two_changed_instances_may_swap_their_metrics(plugins, unique):
+    config = host_config(plugins, {"dummy": [dummy("x", f"{unique}.m1"),
+                                             dummy("y", f"{unique}.m2")]})
+    with SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins) as host:
+        report = host.reload(host_config(plugins, {"dummy": [dummy("x", f"{unique}.m2"),
+                                                             dummy("y", f"{unique}.m1")]}))
+        assert report.changed == ("x", "y") and report.refused == {}
+        assert wait_until(lambda: updates(host, "x") >= 2 and updates(host, "y") >= 2,
+                          timeout=20)
+        # a refused change keeps its metrics: a change that takes one of them is refused
+        report = host.reload(host_config(plugins, {"dummy": [
+            dummy("x", f"{unique}.m1"), dummy("y", f"{unique}.m9", "never")]}))
+        assert report.refused["y"].startswith("ConfigError: invalid period 'never'")
+        assert report.refused["x"] == (f"ConfigError: metric '{unique}.m1.0' is still sent by "
+                                       "instance 'y', whose new configuration was refused")
+
+
+@pytest.mark.timeout(60)
+def test_counters_do_not_go_backwards_across_a_reload(plugins, unique):
+    config = host_config(plugins, {"dummy": [dummy("a", f"{unique}.a"), dummy("b", f"{unique}.b")]})
+    with SourceHost(f"source-host-{unique}", None, config=config, plugins=plugins) as host:
+        assert wait_until(lambda: updates(host, "a") >= 5 and updates(host, "b") >= 5,
+                          timeout=20)
+        before = host.stats()["updates"]
+        host.reload(host_config(plugins, {"dummy": [dummy("a", f"{unique}.a", "30ms")]}))
+        assert host.stats()["updates"] >= before
+
+
+def test_an_unchanged_file_is_unchanged_also_with_nan_in_it(plugins, behaviour, unique):
+    key, _ = behaviour()
+    sources = {"controlled": controlled("n", key, unique, threshold=math.nan)}
+    host = SourceHost(f"source-host-{unique}", None, config=host_config(plugins, sources),
+                      plugins=plugins, schedule=False)
+    try:
+        assert host.reload(host_config(plugins, sources)).unchanged == ("n",)
+    finally:
+        host.stop()
+
+
+def test_the_repr_of_a_host_file_leaves_the_configurations_out(plugins):
+    config = host_config(plugins, {"dummy": {"name": "a", "password": "hunter2"}})
+    assert "hunter2" not in repr(config)
+    assert repr(config.instances[0]) == "InstanceSpec(name='a', kind='dummy')"
+
+
+def test_instances_start_spread_over_their_first_period_the_same_at_every_start():
+    assert phase("bmc-rack1", Timedelta.from_s(10)) == phase("bmc-rack1", Timedelta.from_s(10))
+    phases = {phase(f"i{i}", Timedelta.from_s(60)).ns for i in range(50)}
+    assert len(phases) == 50 and all(0 <= p < STAGGER.ns for p in phases)
+    assert all(0 <= phase(f"i{i}", Timedelta.from_ms(100)).ns < 100_000_000 for i in range(50))
+    assert phase("x", None) == Timedelta(0)

@@ -198,6 +198,10 @@ def _main_host(args: argparse.Namespace, plugins: PluginSet, data: dict[str, Any
             print(f"mqsync-source: reload refused, the running instances go on: {error}",
                   file=sys.stderr, flush=True)
             return
+        except Exception as error:  # noqa: BLE001 - said; the running instances go on
+            print(f"mqsync-source: reload failed, the running instances go on: "
+                  f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            return
         print(f"mqsync-source: reloaded {args.config}: {report.summary()}", file=sys.stderr,
               flush=True)
         for name, reason in sorted(report.refused.items()):
@@ -244,16 +248,45 @@ def _make_source(
         raise ConfigError(f"plugin {loaded.kind.name!r}: {error}") from error
 
 
+class Reloader:
+    """Runs ``reload()`` on a thread of its own when SIGHUP asked for it, one at a time, so
+    that a slow plugin configuration never delays the command's answer to SIGTERM."""
+
+    def __init__(self, reload: Any):
+        self._reload = reload
+        self.requested = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> None:
+        """Start a reload if one was asked for and none runs."""
+        if not self.requested.is_set() or (self._thread and self._thread.is_alive()):
+            return
+        self.requested.clear()
+        if self._thread is not None:
+            self._thread.join()  # ended: reaped
+        self._thread = threading.Thread(target=self._reload, name="mqsync-source-reload",
+                                        daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for a running reload (up to ``timeout`` seconds)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                print(f"mqsync-source: a reload still runs after {timeout:g} s; leaving it",
+                      file=sys.stderr)
+
+
 def _run(source: Any, args: argparse.Namespace, reload: Any = None) -> int:
     stop = threading.Event()
-    reload_requested = threading.Event()
+    reloader = Reloader(reload) if reload is not None else None
     previous = {
         signum: signal.signal(signum, lambda *_: stop.set())
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
-    if reload is not None:
+    if reloader is not None:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP,
-                                                lambda *_: reload_requested.set())
+                                                lambda *_: reloader.requested.set())
     printer: PrintingSink | None = None
     try:
         failed = _start(source, args)
@@ -275,13 +308,9 @@ def _run(source: Any, args: argparse.Namespace, reload: Any = None) -> int:
             )
         else:
             print(f"mqsync-source: {_startup_line(source, args)}", file=sys.stderr, flush=True)
-        def poll() -> None:
-            if reload_requested.is_set():
-                reload_requested.clear()
-                reload()
-
         try:
-            _serve(source, printer, stop, args.status_interval, poll if reload else None)
+            _serve(source, printer, stop, args.status_interval,
+                   reloader.poll if reloader else None)
         except MqsyncError as error:  # the printer could not subscribe to a new metric
             print(f"mqsync-source: {error}", file=sys.stderr)
             return EXIT_FAILURE
@@ -295,6 +324,8 @@ def _run(source: Any, args: argparse.Namespace, reload: Any = None) -> int:
         if printer is not None:
             printer.stop()
         source.stop()
+        if reloader is not None:
+            reloader.join(5.0)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -406,6 +437,8 @@ def _status_lines(source: Any, last: dict[str, Any]) -> list[str]:
         seen = last.setdefault("instances", {})
         for name, instance in source.instance_stats().items():
             before = seen.get(name, (0, 0))
+            if instance.failures < before[0] or instance.missed_slots < before[1]:
+                before = (0, 0)  # replaced by a reload: counted afresh
             seen[name] = (instance.failures, instance.missed_slots)
             if instance.state == "running" and (instance.failures, instance.missed_slots) \
                     == before:
