@@ -25,6 +25,7 @@ from .errors import (
     UnknownFunction,
 )
 from .history import HistoryClient, HistoryRequestType, HistoryResponse, HistoryResponseType
+from .host import HostConfig, SourceHost
 from .interval_source import IntervalSource
 from .plugin import ConfigOption, PluginSource, SourceKind, hookimpl, load_plugins
 from .rpc import rpc_handler
@@ -49,6 +50,7 @@ __all__ = [
     "HistoryRequestType",
     "HistoryResponse",
     "HistoryResponseType",
+    "HostConfig",
     "IntervalSource",
     "InvalidHistoryResponse",
     "InvalidMessage",
@@ -61,6 +63,7 @@ __all__ = [
     "RPCTimeout",
     "Sink",
     "Source",
+    "SourceHost",
     "SourceKind",
     "SpoolError",
     "StateError",
