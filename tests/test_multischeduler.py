@@ -1159,3 +1159,22 @@ def test_add_refuses_a_bad_period_and_keeps_no_grid():
     with pytest.raises(ValueError, match="offset needs align=True"):
         ms.add("a", lambda: None, 1, offset=0.5)
     assert ms.keys() == []
+
+
+@pytest.mark.timeout(60)
+def test_start_delay_puts_a_grid_at_a_phase_of_its_own():
+    clock, ms, rec = fake(end=3)
+    ms.add("now", rec.update("now"), 1)
+    ms.add("later", rec.update("later"), 1, start_delay=0.25)
+    ms.add("short", rec.update("short"), 0.5, start_delay="100ms")
+
+    with running(ms, rec):
+        run_until_end(clock, ms)
+
+    assert rel(rec.starts["now"]) == [0, 1000, 2000, 3000]
+    assert rel(rec.starts["later"]) == [250, 1250, 2250]
+    assert rel(rec.starts["short"]) == [100, 600, 1100, 1600, 2100, 2600]
+    with pytest.raises(ValueError, match="start_delay is for a grid without align"):
+        ms.add("aligned", lambda: None, 1, align=True, start_delay=0.5)
+    with pytest.raises(ValueError, match="start_delay"):
+        ms.add("negative", lambda: None, 1, start_delay=-1)
