@@ -163,3 +163,11 @@ def test_a_host_on_the_broker_sends_every_instance_under_one_token(manager, tmp_
     assert set(metadata) == {f"{unique}.fast.0", f"{unique}.slow.0", f"{unique}.slow.1"}
     assert {entry["source"] for entry in metadata.values()} == {token}
 
+
+
+def test_the_example_host_file_checks_out():
+    example = Path(__file__).parent.parent / "examples" / "host.toml"
+    result = cli("source", "--config", str(example), "--check")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[1].strip() for line in result.stdout.splitlines()] == [
+        "sysinfo (sysinfo)", "fast (dummy)", "slow (dummy)"]
