@@ -640,9 +640,9 @@ def part_b(url: str, count: int, seconds: float) -> list[Result]:
           f"{blocked.blocking_missed} slots missed (of about {slots} slots in {seconds:g} s; "
           f"the slots that come while its update blocks are skipped, and counted when it "
           f"returns)")
-    print(f"(the grids of a host's instances all start at once: every "
-          f"{duration_text(max(BLOCK_PERIODS_S))} all {count} instances come due together, "
-          f"more than the {calm.max_threads} update threads; those updates wait their turn)")
+    print(f"(each instance starts at a phase of its own within its first period, at most "
+          f"1 s, so the {count} instances rarely come due together; 'updates that waited' "
+          f"counts those that found all {calm.max_threads} update threads busy)")
     return [
         Result("B: others' lateness p99, one blocks", percentile(blocked.lateness_ms, 0.99),
                "ms", "no block", percentile(calm.lateness_ms, 0.99), higher_is_better=False,
