@@ -82,7 +82,7 @@ PERIODS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 BLOCK_PERIODS_S = (0.1, 0.2, 0.5, 1.0)
 BLOCK_S = 10.0
 BLOCK_PERIOD_S = 5.0
-#: Part B counts the updates after this many seconds (the first ones all come due at once).
+#: Part B counts the updates after this many seconds (the start-up's are left out).
 WARMUP_S = 2.0
 SAMPLE_EVERY_S = 5.0
 #: How long the sources run after the window, so that the points of its last slots arrive.

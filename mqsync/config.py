@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -33,3 +34,23 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"configuration file {file} must hold an object, got "
                           f"{type(data).__name__}")
     return data
+
+
+def refuse_unknown_keys(where: str, config: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Refuse keys of ``config`` that are not ``known`` (typos, keys of another kind).
+
+    Raises:
+        ConfigError: naming the unknown keys, the closest known key of each, ``where``
+            they are (e.g. "the dummy configuration") and the keys that exist.
+    """
+    keys = sorted(set(known))
+    unknown = sorted((key for key in config if key not in keys), key=str)
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), keys, n=1)
+        described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    raise ConfigError(f"unknown key{plural} {', '.join(described)} in {where}; the keys are "
+                      f"{', '.join(keys)}")

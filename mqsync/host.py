@@ -48,12 +48,10 @@ What a host guarantees:
 from __future__ import annotations
 
 import collections
-import difflib
 import functools
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import zlib
@@ -63,11 +61,11 @@ from typing import Any, Collection, Iterable, Mapping
 import attrs
 
 from ._log import Throttled
-from .config import read_config_file
+from .config import read_config_file, refuse_unknown_keys
 from .errors import ConfigError
 from .plugin import LoadedKind, PluginSet, PluginSource, guarded
 from .rpc import rpc_handler
-from .scheduler import NS_PER_S, Clock, Grid, MultiScheduler, PoolStats, Timer
+from .scheduler import NS_PER_S, Clock, Grid, MultiScheduler, PoolStats, SchedulerStats, Timer
 from .source import Source
 from .timeseries import DurationLike, Timedelta
 
@@ -82,6 +80,9 @@ CLOSE_TIMEOUT = 5.0
 MAX_BACKOFF_LIMIT = Timedelta.from_s(86_400)
 #: A host token's length at most, in UTF-8 bytes (its RPC queue name must stay below 255).
 MAX_TOKEN_BYTES = 200
+#: The counters of an instance whose updates are not scheduled yet (a replacement).
+NOT_STARTED = SchedulerStats(updates=0, failures=0, consecutive_failures=0, missed_slots=0,
+                             overruns=0, last_lateness_ns=None, period_ns=None)
 #: Instances start spread over their first period, or over this much at most (:func:`phase`).
 STAGGER = Timedelta.from_s(1)
 
@@ -97,12 +98,6 @@ def phase(name: str, period: Timedelta | None) -> Timedelta:
     if period is None:
         return Timedelta(0)
     return Timedelta(zlib.crc32(name.encode("utf-8")) * min(period.ns, STAGGER.ns) >> 32)
-
-
-def default_host_token() -> str:
-    """``source-host-<short host name>``."""
-    host = socket.gethostname().split(".")[0] or "localhost"
-    return f"source-host-{host}"
 
 
 def is_host_file(data: Mapping[str, Any]) -> bool:
@@ -160,7 +155,7 @@ class HostConfig:
     def from_mapping(cls, data: Mapping[str, Any], plugins: PluginSet) -> HostConfig:
         """Check a parsed host file; see :meth:`read`.  Instance configurations are checked
         by their plugins when the host configures them."""
-        _refuse_unknown("host file", data, HOST_KEYS)
+        refuse_unknown_keys("the host file", data, HOST_KEYS)
         sources = data.get("sources")
         if not isinstance(sources, Mapping) or not sources:
             raise ConfigError("'sources' must hold at least one table [[sources.<kind>]], "
@@ -222,16 +217,6 @@ def _int_in(data: Mapping[str, Any], key: str, default: int, low: int, high: int
         raise ConfigError(f"invalid {key} {value!r:.40}: expected an integer from {low} to "
                           f"{high}")
     return value
-
-
-def _refuse_unknown(where: str, data: Mapping[str, Any], known: Iterable[str]) -> None:
-    known = sorted(known)
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {key!r} in the {where}{hint}; the keys are "
-                              f"{', '.join(known)}")
 
 
 @attrs.frozen
@@ -397,24 +382,19 @@ class SourceHost(Source):
                 consecutive_failures=inst.attempts, missed_slots=0, held_slots=0,
                 last_lateness_ns=None, last_error=inst.error,
                 retry_in_s=None if inst.retry_at is None else max(0.0, inst.retry_at - now))
-        grid = inst.grid.stats() if inst.grid is not None else None
+        grid = inst.grid.stats() if inst.grid is not None else NOT_STARTED
         retry_at = self._scheduler.retry_at(name) if inst.grid is not None else None
+        state = "failing" if grid.consecutive_failures else "running"
         retry_in = None
-        state = "running"
-        if grid is not None and grid.consecutive_failures:
-            state = "failing"
         if retry_at is not None:
             state = "backing off"
             retry_in = max(0.0, (retry_at - time.monotonic_ns()) / NS_PER_S)
         return InstanceStats(
-            name=name, kind=inst.spec.kind, state=state,
-            period_ns=grid.period_ns if grid else None, metrics=len(inst.metrics),
-            updates=grid.updates if grid else 0, failures=grid.failures if grid else 0,
-            consecutive_failures=grid.consecutive_failures if grid else 0,
-            missed_slots=grid.missed_slots if grid else 0,
-            held_slots=grid.held_slots if grid else 0,
-            last_lateness_ns=grid.last_lateness_ns if grid else None,
-            last_error=grid.last_error if grid else None, retry_in_s=retry_in)
+            name=name, kind=inst.spec.kind, state=state, period_ns=grid.period_ns,
+            metrics=len(inst.metrics), updates=grid.updates, failures=grid.failures,
+            consecutive_failures=grid.consecutive_failures, missed_slots=grid.missed_slots,
+            held_slots=grid.held_slots, last_lateness_ns=grid.last_lateness_ns,
+            last_error=grid.last_error, retry_in_s=retry_in)
 
     def recent_lateness_ns(self, name: str) -> tuple[int, ...]:
         """How late each recent update of instance ``name`` began after its slot."""
@@ -848,6 +828,5 @@ __all__ = [
     "InstanceStats",
     "ReloadReport",
     "SourceHost",
-    "default_host_token",
     "is_host_file",
 ]

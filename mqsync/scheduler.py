@@ -390,6 +390,11 @@ class Grid:
         return deadline + missed * period
 
 
+def _check_workers(value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"max_workers must be an int >= 1, got {value!r}")
+
+
 def _check_max_failures(value: int | None, name: str) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                               or value < 1):
@@ -784,8 +789,7 @@ class MultiScheduler:
         max_backoff: DurationLike = 300.0,
         idle_timeout: DurationLike = 30.0,
     ):
-        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
-            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        _check_workers(max_workers)
         _check_max_failures(backoff_after, "backoff_after")
         self._backoff_after = backoff_after
         self._backoff_ns = Timedelta.coerce(backoff, name="backoff", positive=True).ns
@@ -914,8 +918,7 @@ class MultiScheduler:
 
     @max_workers.setter
     def max_workers(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"max_workers must be an int >= 1, got {value!r}")
+        _check_workers(value)
         self._pool.max_threads = value
 
     def _changed(self, entry: _Entry) -> None:

@@ -5,7 +5,6 @@ Private to ``mqsync_plugins``; third-party plugins should not import it.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import logging
 import math
@@ -13,6 +12,7 @@ import re
 import socket
 from typing import Any, Iterable, Mapping
 
+from mqsync.config import refuse_unknown_keys
 from mqsync.errors import ConfigError
 from mqsync.plugin import ConfigOption
 
@@ -154,16 +154,4 @@ def check_known_keys(kind: str, config: Mapping[str, Any], options: Iterable[Con
         ConfigError: naming the unknown keys, the closest known key of each, and the keys
             that exist.
     """
-    known = sorted({option.name for option in options})
-    unknown = sorted(key for key in config if key not in known)
-    if not unknown:
-        return
-    described = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), known, n=1)
-        described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    plural = "s" if len(unknown) > 1 else ""
-    raise ConfigError(
-        f"unknown key{plural} {', '.join(described)} in the {kind} "
-        f"configuration; the keys are {', '.join(known)}"
-    )
+    refuse_unknown_keys(f"the {kind} configuration", config, (o.name for o in options))

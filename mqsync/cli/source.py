@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from ..config import read_config_file
 from ..errors import ConfigError, MqsyncError, PluginError
-from ..host import HostConfig, SourceHost, default_host_token, is_host_file
+from ..host import HostConfig, SourceHost, is_host_file
 from ..plugin import LoadedKind, PluginSet, load_plugins
 from ..sink import Sink
 from ..timeseries import Timedelta, Timestamp
@@ -178,7 +178,7 @@ def _main_host(args: argparse.Namespace, plugins: PluginSet, data: dict[str, Any
     except ConfigError as error:
         print(f"mqsync-source: {args.config}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    token = args.token or config.token or default_host_token()
+    token = args.token or config.token or default_token("host")
     try:
         host = SourceHost(token, args.url, config=config, plugins=plugins,
                           schedule=not (args.once or args.check))
