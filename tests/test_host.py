@@ -9,7 +9,6 @@ block an update until released.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import threading
@@ -587,11 +586,15 @@ def test_counters_do_not_go_backwards_across_a_reload(plugins, unique):
 
 def test_an_unchanged_file_is_unchanged_also_with_nan_in_it(plugins, behaviour, unique):
     key, _ = behaviour()
-    sources = {"controlled": controlled("n", key, unique, threshold=math.nan)}
-    host = SourceHost(f"source-host-{unique}", None, config=host_config(plugins, sources),
-                      plugins=plugins, schedule=False)
+
+    def read() -> HostConfig:  # each reading of a file makes a NaN of its own
+        return host_config(plugins, {"controlled": controlled("n", key, unique,
+                                                              threshold=float("nan"))})
+
+    host = SourceHost(f"source-host-{unique}", None, config=read(), plugins=plugins,
+                      schedule=False)
     try:
-        assert host.reload(host_config(plugins, sources)).unchanged == ("n",)
+        assert host.reload(read()).unchanged == ("n",)
     finally:
         host.stop()
 
