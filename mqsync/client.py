@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, ContextManager, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import network
 from ._log import Throttled
@@ -40,6 +40,7 @@ from .names import (
     check_metric_name,
     check_url,
     derive_address,
+    join_urls,
     redact_url,
 )
 from .rpc import PendingCalls, RPCDispatcher, decode_json, encode_json, rpc_handler
@@ -53,6 +54,10 @@ _C = TypeVar("_C", bound="Client")
 WORKER_GRACE = 0.2
 
 
+def _nothing() -> None:
+    pass
+
+
 class Client(RPCDispatcher):
     """A participant of a MetricQ network, identified by its token.
 
@@ -60,7 +65,10 @@ class Client(RPCDispatcher):
         token: this client's name on the network, e.g. ``"source-sysinfo-node01"``.
         url: the broker, e.g. ``"amqp://user:pass@host/"``; ``None`` joins the embedded
             in-process network (kombu's ``memory://`` transport with an in-process
-            manager), which needs no broker.
+            manager), which needs no broker.  The nodes of a RabbitMQ cluster are given
+            as a list (or joined with ``;``, ``"amqp://u:p@h1/;amqp://u:p@h2/"``): every
+            connection of the client fails over to the next node that accepts when its
+            node goes, with the guarantees of a reconnect.
         add_uuid: append ``.<uuid>`` to the token (transient clients such as Sinks).
         rpc_timeout: how long an RPC waits for its reply unless the call says otherwise.
         connect_timeout: how long :meth:`start` waits for the connection and registration.
@@ -87,7 +95,7 @@ class Client(RPCDispatcher):
     def __init__(
         self,
         token: str,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         add_uuid: bool = False,
         rpc_timeout: DurationLike = 60.0,
@@ -100,10 +108,8 @@ class Client(RPCDispatcher):
         if not isinstance(token, str) or not token or any(c.isspace() for c in token):
             raise ValueError(f"invalid token {token!r}: must be a non-empty string without "
                              "white space, e.g. 'source-sysinfo-node01'")
-        if url is not None and not isinstance(url, str):
-            raise TypeError(f"url must be a str or None, got {type(url).__name__}")
         if url is not None:
-            check_url(url)
+            url = check_url(join_urls(url))
         self.token = f"{token}.{_uuid_hex()}" if add_uuid else token
         self._url = url
         self._network_url: str | None = None
@@ -415,8 +421,13 @@ class Client(RPCDispatcher):
         assert self._management is not None
         self._management.consume(self.rpc_queue, self._on_management_message, no_ack=True)
 
-    def _on_management_message(self, message: Any) -> None:
-        """IO thread: a request goes to the RPC worker, a reply resolves its caller."""
+    def _on_management_message(self, message: Any, settle: Callable[[], None] = _nothing,
+                               ) -> None:
+        """IO thread: a request goes to the RPC worker, a reply resolves its caller.
+
+        ``settle()`` is called once the message is dealt with (a request: after its reply
+        was sent); a consumer with acks passes one that acks the message.
+        """
         properties = message.properties
         from_token = properties.get("app_id") or ""
         try:
@@ -424,6 +435,7 @@ class Client(RPCDispatcher):
         except InvalidMessage as error:
             self._refuse_remote("malformed_rpc_messages", "dropped a message from %r on %s: %s",
                                 from_token or "?", self.rpc_queue, error)
+            settle()
             return
         correlation_id = properties.get("correlation_id")
         if "function" in payload:
@@ -431,11 +443,14 @@ class Client(RPCDispatcher):
             if not reply_to:
                 self._refuse_remote("malformed_rpc_messages", "RPC %.60r from %r has no "
                                     "reply_to; ignored", payload.get("function"), from_token)
+                settle()
                 return
             self._rpc_worker.submit(self._serve_request, payload, from_token, correlation_id,
-                                    reply_to)
+                                    reply_to, settle)
         else:
+            settle()
             self._pending.resolve(correlation_id, from_token, payload)
+
 
     def _refuse_remote(self, counter: str, message: str, *args: Any) -> None:
         """Count bad input from the network and log it: one WARNING line, no traceback,
@@ -445,8 +460,9 @@ class Client(RPCDispatcher):
                                  self._counters[counter])
 
     def _serve_request(self, payload: dict[str, Any], from_token: str,
-                       correlation_id: str | None, reply_to: str) -> None:
-        """RPC worker: run the handlers and publish the reply.
+                       correlation_id: str | None, reply_to: str,
+                       settle: Callable[[], None] = _nothing) -> None:
+        """RPC worker: run the handlers, publish the reply, then ``settle()`` the request.
 
         Bad input from the caller (an :class:`~mqsync.errors.MqsyncError` such as
         :class:`~mqsync.errors.InvalidRequest`, or arguments the handler does not take) is
@@ -481,6 +497,7 @@ class Client(RPCDispatcher):
         if self._management is not None:
             self._management.publish(body, "", reply_to, correlation_id=correlation_id,
                                      app_id=self.token, content_type="application/json")
+        settle()
 
     # -- built-in handlers ----------------------------------------------------------
 

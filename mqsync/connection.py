@@ -19,6 +19,13 @@ busy sender thread's switch interval (5 ms) before the IO thread may go on: py-a
 three calls per frame), and a publisher writes its backlog inside :meth:`IOThread.corked`
 (one ``sendall`` per ``CORK_BYTES``, not one per message).
 
+The URL may name several nodes of a RabbitMQ cluster (``amqp://h1/;amqp://h2/``, kombu's
+failover form): a connection attempt tries them in turn, from the node used last, and takes
+the first that accepts; after a lost connection the next node is tried first, since the
+one just lost is the likeliest to be down.  Everything that holds for a reconnect (setup
+runs again, work in flight runs again, publishers resend what was not confirmed) holds for
+a fail-over to another node.
+
 On a lost connection, and on any unexpected error in the loop, the thread reconnects
 with exponential backoff and jitter (``RECONNECT_DELAY_MIN`` doubling up to
 ``MAX_RECONNECT_DELAY`` seconds between attempts; a connection that dies again soon after
@@ -67,7 +74,7 @@ import kombu.message
 
 from ._log import Throttled
 from .errors import ClientStopped, ConnectFailed
-from .names import check_url, redact_url
+from .names import check_url, redact_url, split_urls
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +126,9 @@ class IOThread:
     """One thread owning one kombu :class:`~kombu.Connection` and one channel.
 
     Args:
-        url: broker URL (``amqp://``, ``amqps://`` or ``memory://``); credentials stay
-            inside this object and are never logged.
+        url: broker URL (``amqp://``, ``amqps://`` or ``memory://``), or several nodes'
+            URLs joined with ``;`` to fail over between; credentials stay inside this object
+            and are never logged.
         name: thread name, also used in log messages.
         setup: called on the IO thread with the channel after each (re)connect; declares
             queues, starts consumers and resends.  An exception from the first setup fails
@@ -149,6 +157,8 @@ class IOThread:
         on_unblocked: Callable[[], None] | None = None,
     ):
         self._url = check_url(url)
+        self._urls = split_urls(self._url)
+        self._node = 0  # index into _urls of the node used last
         self.name = name
         self._setup = setup
         self._heartbeat = heartbeat
@@ -184,6 +194,11 @@ class IOThread:
         self._close_deadline: float | None = None  # set by stop(): no close beyond it
         #: Number of reconnects after the first connect.
         self.reconnects = 0
+        #: Reconnects that went to another node than the one lost (a cluster fail-over).
+        self.failovers = 0
+        #: Seconds from the last lost connection until the thread was connected (and set
+        #: up) again; None before the first reconnect.
+        self.last_outage: float | None = None
         #: Times the broker blocked this connection (a memory or disk alarm).
         self.blocked_count = 0
         #: Whether the broker blocks publishing on this connection right now.
@@ -204,6 +219,11 @@ class IOThread:
     def url(self) -> str:
         """The broker URL with the password masked."""
         return redact_url(self._url)
+
+    @property
+    def connected_url(self) -> str | None:
+        """The URL of the node connected to now, password masked (None while connecting)."""
+        return redact_url(self._urls[self._node]) if self._connection is not None else None
 
     @property
     def channel(self) -> Any:
@@ -512,8 +532,22 @@ class IOThread:
                     os.write(self._wake_w, b"\0")
 
     def _connect(self) -> None:
+        """Connect to the first node that accepts, from the one used last; raise the last
+        node's error when none does."""
+        for attempt in range(len(self._urls)):
+            try:
+                self._connect_to(self._urls[self._node])
+                return
+            except Exception as error:
+                if attempt + 1 == len(self._urls) or self._stop.is_set():
+                    raise
+                logger.info("%s: %s did not accept: %s; trying the next node", self.name,
+                            redact_url(self._urls[self._node]), error or type(error).__name__)
+                self._node = (self._node + 1) % len(self._urls)
+
+    def _connect_to(self, url: str) -> None:
         connection = kombu.Connection(
-            self._url,
+            url,
             heartbeat=self._heartbeat or None,
             connect_timeout=self._connect_timeout,
             # connection_name: the broker lists the connection by its thread's name
@@ -588,7 +622,8 @@ class IOThread:
                     logger.warning("%s: the broker closed the channel: %s", self.name,
                                    error.__cause__)
                 elif isinstance(error, self._connection_errors):
-                    logger.warning("%s: connection to %s lost: %s", self.name, self.url,
+                    logger.warning("%s: connection to %s lost: %s", self.name,
+                                   redact_url(self._urls[self._node]),
                                    error or type(error).__name__)
                 else:
                     logger.error("%s: unexpected error in the IO loop; reconnecting", self.name,
@@ -722,8 +757,11 @@ class IOThread:
         return delay
 
     def _reconnect(self) -> bool:
+        lost_at = time.monotonic()
+        lost_node = self._node
         _close_quietly(self._connection, 0.0)
         self._connection, self._channel = None, None
+        self._node = (self._node + 1) % len(self._urls)  # the node lost is likely down
         if time.monotonic() - self._connected_at >= HEALTHY_AFTER:
             self._backoff = RECONNECT_DELAY_MIN
         deadline = time.monotonic() + self._give_up
@@ -741,8 +779,11 @@ class IOThread:
                 logger.info("%s: reconnect attempt %d failed: %s", self.name, attempt, error)
                 continue
             self.reconnects += 1
-            logger.warning("%s: reconnected to %s after %d attempt(s)", self.name, self.url,
-                           attempt)
+            self.last_outage = time.monotonic() - lost_at
+            if self._node != lost_node:
+                self.failovers += 1
+            logger.warning("%s: reconnected to %s after %d attempt(s) (%.2f s)", self.name,
+                           redact_url(self._urls[self._node]), attempt, self.last_outage)
             if self._on_reconnect is not None:
                 try:
                     self._on_reconnect()

@@ -34,7 +34,7 @@ from .errors import (
     InvalidHistoryResponse,
     RPCTimeout,
 )
-from .names import HISTORY_EXCHANGE, check_metric_name, derive_address
+from .names import HISTORY_EXCHANGE, BrokerURL, check_metric_name, derive_address
 from .rpc import PendingCalls
 from .timeseries import DurationLike, TimeAggregate, Timedelta, Timestamp, TimeValue
 
@@ -256,7 +256,7 @@ class HistoryClient(Client):
     Other keyword arguments go to :class:`~mqsync.Client`.
     """
 
-    def __init__(self, token: str, url: str | None = None, *, add_uuid: bool = True,
+    def __init__(self, token: str, url: BrokerURL | None = None, *, add_uuid: bool = True,
                  **kwargs: Any):
         super().__init__(token, url, add_uuid=add_uuid, **kwargs)
         self.history_exchange = HISTORY_EXCHANGE

@@ -63,6 +63,7 @@ import attrs
 from ._log import Throttled
 from .config import read_config_file, refuse_unknown_keys
 from .errors import ConfigError
+from .names import BrokerURL
 from .plugin import LoadedKind, PluginSet, PluginSource, guarded
 from .rpc import rpc_handler
 from .scheduler import NS_PER_S, Clock, Grid, MultiScheduler, PoolStats, SchedulerStats, Timer
@@ -307,7 +308,7 @@ class SourceHost(Source):
     and counted (``foreign_points``).
     """
 
-    def __init__(self, token: str, url: str | None = None, *, config: HostConfig,
+    def __init__(self, token: str, url: BrokerURL | None = None, *, config: HostConfig,
                  plugins: PluginSet, schedule: bool = True, clock: Clock | None = None,
                  backoff: DurationLike = 1.0, **kwargs: Any):
         super().__init__(token, url, **kwargs)

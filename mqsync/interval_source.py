@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .names import BrokerURL
 from .scheduler import Clock, Scheduler, SchedulerStats, TooManyFailures
 from .source import Source
 from .timeseries import DurationLike, Timedelta
@@ -47,7 +48,7 @@ class IntervalSource(Source):
                 self.send("example.dummy", mqsync.Timestamp.now(), random.random())
     """
 
-    def __init__(self, token: str, url: str | None = None, period: DurationLike | None = None,
+    def __init__(self, token: str, url: BrokerURL | None = None, period: DurationLike | None = None,
                  *, align: bool = False, offset: DurationLike = 0,
                  max_consecutive_failures: int | None = None, clock: Clock | None = None,
                  schedule: bool = True, **kwargs: Any):

@@ -8,7 +8,7 @@ message that says what was expected (and never shows the password).
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Sequence, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigError
@@ -18,6 +18,9 @@ BROADCAST_EXCHANGE = "metricq.broadcast"
 DATA_EXCHANGE = "metricq.data"
 HISTORY_EXCHANGE = "metricq.history"
 MAX_ROUTING_KEY_BYTES = 255
+
+BrokerURL = Union[str, Sequence[str]]
+"""A broker URL, or the URLs of a cluster's nodes (a list, or one string joined with ``;``)."""
 
 
 def check_metric_name(metric: str) -> str:
@@ -37,19 +40,59 @@ def check_metric_name(metric: str) -> str:
     return metric
 
 
+def split_urls(url: str) -> list[str]:
+    """The broker URLs in ``url``: one, or several joined with ``;`` (kombu's failover form,
+    ``amqp://h1/;amqp://h2/``), each a node a client may connect to."""
+    return _NEXT_URL.split(url)
+
+
+def join_urls(urls: str | Iterable[str]) -> str:
+    """One URL string from a URL or a list of them (joined with ``;``).
+
+    Raises:
+        TypeError: ``urls`` is neither a string nor an iterable of strings.
+        ValueError: the list is empty.
+    """
+    if isinstance(urls, str):
+        return urls
+    try:
+        parts = list(urls)
+    except TypeError:
+        raise TypeError(f"url must be a str or a list of str, got {type(urls).__name__}") \
+            from None
+    if not parts:
+        raise ValueError("url: the list of broker URLs is empty; give at least one")
+    for part in parts:
+        if not isinstance(part, str):
+            raise TypeError(f"url: every broker URL must be a str, got {type(part).__name__}")
+    return ";".join(parts)
+
+
 def derive_address(management_url: str, address: str) -> str:
     """Turn a manager's ``dataServerAddress`` into a URL with the management credentials.
 
     ``vhost:<name>`` keeps the management URL and replaces its virtual host; a URL keeps
-    its host and takes user and password (and nothing else) from the management URL.
+    its host and takes user and password (and nothing else) from the management URL.  Both
+    may list several nodes (``;``): ``vhost:`` keeps every node of the management URL, and
+    each URL of a list gets the credentials of the management URL's first node.
     """
-    management = urlsplit(management_url)
+    managements = split_urls(management_url)
     if address.startswith("vhost:"):
-        if not management.netloc:  # an in-process transport (memory://) has one vhost
-            return management_url
-        vhost = address[len("vhost:"):]
-        path = "/" if vhost in ("", "/") else "/" + quote(vhost, safe="")
-        return urlunsplit(management._replace(path=path))
+        return ";".join(_with_vhost(url, address[len("vhost:"):]) for url in managements)
+    return ";".join(_with_credentials(managements[0], target)
+                    for target in split_urls(address))
+
+
+def _with_vhost(management_url: str, vhost: str) -> str:
+    management = urlsplit(management_url)
+    if not management.netloc:  # an in-process transport (memory://) has one vhost
+        return management_url
+    path = "/" if vhost in ("", "/") else "/" + quote(vhost, safe="")
+    return urlunsplit(management._replace(path=path))
+
+
+def _with_credentials(management_url: str, address: str) -> str:
+    management = urlsplit(management_url)
     target = urlsplit(address)
     if management.username is None:
         return address

@@ -27,6 +27,7 @@ import pluggy
 from ._log import Throttled
 from .errors import ConfigError, PluginError
 from .interval_source import IntervalSource
+from .names import BrokerURL
 from .rpc import rpc_handler
 from .source import Source
 from .timeseries import DurationLike, Timedelta
@@ -242,7 +243,7 @@ class PluginSource(IntervalSource):
     #: update, drops its points, waits this long and sends the next. ``None``: one update.
     priming_interval: ClassVar[float | None] = None
 
-    def __init__(self, token: str, url: str | None = None, *,
+    def __init__(self, token: str, url: BrokerURL | None = None, *,
                  config: Mapping[str, Any] | None = None, period: DurationLike | None = None,
                  **kwargs: Any):
         super().__init__(token, url, **kwargs)

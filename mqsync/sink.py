@@ -23,7 +23,7 @@ from .chunk import decode_chunk
 from .client import Client
 from .connection import IOThread, time_left
 from .errors import ClientStopped, InvalidMessage, MqsyncError
-from .names import derive_address, metric_list
+from .names import BrokerURL, derive_address, metric_list
 from .timeseries import DurationLike, Timedelta, Timestamp
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Sink(Client):
             the manager declare it again, empty).
     """
 
-    def __init__(self, token: str, url: str | None = None, *, add_uuid: bool = True,
+    def __init__(self, token: str, url: BrokerURL | None = None, *, add_uuid: bool = True,
                  prefetch_count: int = 400, durable: bool = True, **kwargs: Any):
         super().__init__(token, url, add_uuid=add_uuid, **kwargs)
         self.prefetch_count = prefetch_count
@@ -260,7 +260,7 @@ class DurableSink(Sink):
     written.  Other arguments are :class:`Sink`'s.
     """
 
-    def __init__(self, token: str, url: str | None = None, *, add_uuid: bool = False,
+    def __init__(self, token: str, url: BrokerURL | None = None, *, add_uuid: bool = False,
                  **kwargs: Any):
         super().__init__(token, url, add_uuid=add_uuid, **kwargs)
 

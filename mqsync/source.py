@@ -33,7 +33,7 @@ from .chunk import check_chunk_size, encode_chunk
 from .client import Client
 from .connection import IOThread, time_left
 from .errors import PublishFailed
-from .names import DATA_EXCHANGE, check_metric_name, derive_address
+from .names import DATA_EXCHANGE, BrokerURL, check_metric_name, derive_address
 from .spool import Spool
 from .timeseries import DurationLike, Timedelta, Timestamp
 
@@ -74,7 +74,7 @@ class Source(Client):
     def __init__(
         self,
         token: str,
-        url: str | None = None,
+        url: BrokerURL | None = None,
         *,
         chunk_size: int | None = 1,
         flush_interval: DurationLike | None = 1.0,

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .client import Client
 from .errors import ClientStopped, RPCTimeout
-from .names import metric_list
+from .names import BrokerURL, metric_list
 from .sink import Sink
 from .timeseries import DurationLike, Timedelta, Timestamp
 
@@ -54,7 +54,7 @@ class Subscriber(Client):
         metadata: ask for the metrics' metadata (kept in :attr:`metadata`).
     """
 
-    def __init__(self, token: str, url: str | None = None, *, metrics: Iterable[str],
+    def __init__(self, token: str, url: BrokerURL | None = None, *, metrics: Iterable[str],
                  expires: DurationLike, metadata: bool = True, **kwargs: Any):
         super().__init__(token, url, **kwargs)
         self.metrics = metric_list(metrics)

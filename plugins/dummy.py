@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import attrs
 
 from mqsync.errors import ConfigError
-from mqsync.names import check_metric_name
+from mqsync.names import BrokerURL, check_metric_name
 from mqsync.plugin import ConfigOption, PluginSource, SourceKind, hookimpl
 from mqsync.timeseries import Timestamp
 
@@ -115,7 +115,7 @@ class DummySource(PluginSource):
 
     default_config = {option.name: option.default for option in OPTIONS}
 
-    def __init__(self, token: str, url: str | None = None, **kwargs: Any):
+    def __init__(self, token: str, url: BrokerURL | None = None, **kwargs: Any):
         self._settings: DummySettings | None = None
         self._random = random.Random()
         super().__init__(token, url, **kwargs)

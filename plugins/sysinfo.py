@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable, Mapping
 import attrs
 
 from mqsync.errors import ConfigError, PluginError
+from mqsync.names import BrokerURL
 from mqsync.plugin import ConfigOption, PluginSource, SourceKind, hookimpl
 from mqsync.timeseries import Timestamp
 
@@ -505,7 +506,7 @@ class SysinfoSource(PluginSource):
     def __init__(
         self,
         token: str,
-        url: str | None = None,
+        url: BrokerURL | None = None,
         *,
         psutil_module: ModuleType | None = None,
         **kwargs: Any,

@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..config import read_config_file
 from ..errors import ConfigError, ConnectFailed, MqsyncError, RPCTimeout
-from ..names import redact_url
+from ..names import check_url, join_urls, redact_url, split_urls
 from ..timeseries import Timedelta, Timestamp
 
 #: Exit codes scripts can rely on.
@@ -286,7 +286,9 @@ class CommandParser(argparse.ArgumentParser):
         self.add_setting(
             "--url",
             env="MQSYNC_URL",
-            help="broker URL, e.g. amqp://user:pass@host/ (env MQSYNC_URL)",
+            convert=broker_url_setting,
+            help="broker URL, e.g. amqp://user:pass@host/; the nodes of a cluster joined "
+            "with ';' (env MQSYNC_URL; in the config file also a list)",
         )
         if token is not None:
             self.add_setting(
@@ -437,9 +439,17 @@ def _as_bool(value: Any) -> bool:
 
 def _shown(key: str, value: Any) -> str:
     """A value for messages: URLs with the password masked."""
+    if "url" in key and isinstance(value, (list, tuple)):
+        return repr([redact_url(item) if isinstance(item, str) else item for item in value])
     if isinstance(value, str) and "url" in key:
         return repr(redact_url(value))
     return repr(value)
+
+
+def broker_url_setting(value: Any) -> str:
+    """A broker URL from the environment or the configuration file: one URL, several
+    joined with ``;``, or (in the file) a list of them; checked, returned as one string."""
+    return check_url(join_urls(value))
 
 
 # -- tokens ----------------------------------------------------------------------------
@@ -599,7 +609,8 @@ def connect_failure_message(error: BaseException, url: str | None, token: str | 
     cause = _root_cause(error)
     code = getattr(cause, "reply_code", None)
     text = str(getattr(cause, "reply_text", "") or cause)
-    parts = urlsplit(url) if url else None
+    nodes = split_urls(url) if url else []
+    parts = urlsplit(nodes[0]) if nodes else None
     if code == _RESOURCE_LOCKED:
         named = f"the token {token!r}" if token else "this client's token"
         return (
@@ -629,7 +640,7 @@ def connect_failure_message(error: BaseException, url: str | None, token: str | 
             "mqsync-manager on this network, or check the virtual host in the URL"
         )
     if isinstance(cause, ConnectionRefusedError):
-        address = _address(parts)
+        address = " nor at ".join(_address(urlsplit(node)) for node in nodes) or _address(None)
         return (
             f"cannot connect to {where}: nothing accepts connections at {address}; is "
             "RabbitMQ running there, and is the port right (amqp 5672, amqps 5671)?"

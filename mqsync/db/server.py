@@ -46,7 +46,7 @@ from ..chunk import decode_chunk
 from ..client import Client
 from ..connection import IOThread, body_bytes
 from ..errors import ConfigError, InvalidMessage, RPCError, StoreError
-from ..names import check_metric_name, derive_address
+from ..names import BrokerURL, check_metric_name, derive_address
 from ..rpc import rpc_handler
 from .store import AggregateRow, SqliteStore
 
@@ -75,7 +75,7 @@ class Db(Client):
     Other keyword arguments go to :class:`~mqsync.Client` (``rpc_timeout``, ...).
     """
 
-    def __init__(self, token: str, url: str | None = None, *,
+    def __init__(self, token: str, url: BrokerURL | None = None, *,
                  database: str | Path | SqliteStore, metrics: Iterable[str] | None = None,
                  batch_points: int = 50_000, prefetch_count: int = 1000,
                  history_prefetch: int = 8, **kwargs: Any):

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
+from mqsync.names import BrokerURL
 from mqsync.plugin import PluginSource
 from mqsync.timeseries import Timestamp
 
@@ -31,7 +32,7 @@ class IpmiSource(PluginSource):
     def __init__(
         self,
         token: str,
-        url: str | None = None,
+        url: BrokerURL | None = None,
         *,
         backoff_clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
