@@ -24,6 +24,26 @@ one slow request does not hold up the others; queue work is handed to the data I
 and waited for.  The management queue is consumed only once the data connection is up, so
 a request that waited in it while the manager was down finds the manager ready.
 
+On a RabbitMQ cluster (``queue_type="quorum"``) every queue the manager declares to keep
+data or requests is a replicated quorum queue: sinks' data queues (durable ones, and the
+official client's transient ones too, which then live until their ``x-expires`` instead of
+going with their sink), transformers' and databases' queues, and the ``management`` queue;
+quorum queues take ``x-expires`` but are always durable and never auto-delete.  A queue
+that exists keeps the type it was made with (a recorded declaration is repeated as
+recorded; a database's queues are only declared when missing).  History response queues
+stay transient classic ones.
+
+Several managers may serve one network, one active at a time (``standby=True`` on each):
+the ``management`` queue is declared with ``x-single-active-consumer``, so the broker hands
+requests to one manager and, when its connection goes, to the next.  Requests are acked
+only after their reply is sent: the requests a manager held when it died go to the next.
+The metadata is shared through the broker: after every change the active manager publishes
+the whole of it to the ``mqsync.manager.state`` queue (``x-max-length`` 1: it keeps the
+newest), before the reply to the request that made the change; a manager reads it before
+the first request it serves after it (re)connected.  Each one's token gets a ``.<uuid>``,
+so that their own inboxes do not collide; configurations come from the same ``config``
+(a shared directory or file).
+
 Transformers (metricq-cpp's ``Transformer`` and combinators) are answered as metricq-manager
 answers them: ``transformer.register`` as ``source.register``, ``transformer.declare_metrics``
 as ``source.declare_metrics``, and ``transformer.subscribe`` declares the transformer's one
@@ -37,9 +57,10 @@ work on it under the same ownership rules.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import kombu.transport.memory
@@ -47,21 +68,37 @@ import re2
 
 from ..client import Client
 from ..connection import IOThread
-from ..errors import InvalidRequest, RPCError
-from ..names import BROADCAST_EXCHANGE, DATA_EXCHANGE, HISTORY_EXCHANGE, MANAGEMENT_EXCHANGE
-from ..rpc import rpc_handler
+from ..errors import ConfigError, ConnectFailed, InvalidMessage, InvalidRequest, RPCError
+from ..names import (
+    BROADCAST_EXCHANGE,
+    DATA_EXCHANGE,
+    HISTORY_EXCHANGE,
+    MANAGEMENT_EXCHANGE,
+    BrokerURL,
+    check_url,
+    join_urls,
+    redact_url,
+    split_urls,
+)
+from ..rpc import decode_json, encode_json, rpc_handler
 from . import _requests as check
 from .store import ConfigStore, MetadataStore
 
 logger = logging.getLogger(__name__)
 
 MANAGEMENT_QUEUE = "management"
+#: Where the active manager keeps the network's metadata for the others (standby mode).
+STATE_QUEUE = "mqsync.manager.state"
+#: The queue types a manager declares its queues as.
+QUEUE_TYPES = ("classic", "quorum")
 #: Milliseconds an unused data queue lives when the subscriber gives no ``expires``.
 DEFAULT_QUEUE_EXPIRES_MS = 600_000
 #: RPC handlers that may run at once.
 RPC_WORKERS = 4
 #: Bytes RE2 may use to compile one ``get_metrics`` selector.
 SELECTOR_MAX_MEM = 8 << 20
+#: AMQP's reply code for a declare that differs from the existing queue.
+_PRECONDITION_FAILED = 406
 
 
 class Manager(Client):
@@ -75,22 +112,45 @@ class Manager(Client):
         data_url: the data broker (default: the management URL); announced to clients
             without credentials.
         token: the manager's own token.
+        queue_type: ``"classic"`` (the default, for one broker node) or ``"quorum"`` (a
+            cluster): how the queues that keep data or requests are declared.
+        standby: share the network with other managers, one active at a time (see the
+            module docstring); needs a RabbitMQ broker.
     """
 
     rpc_workers = RPC_WORKERS
 
-    def __init__(self, url: str, *, config: str | Path | ConfigStore | None = None,
-                 metadata_file: str | Path | None = None, data_url: str | None = None,
-                 token: str = "manager", **kwargs: Any):
+    def __init__(self, url: BrokerURL, *, config: str | Path | ConfigStore | None = None,
+                 metadata_file: str | Path | None = None, data_url: BrokerURL | None = None,
+                 token: str = "manager", queue_type: str = "classic", standby: bool = False,
+                 **kwargs: Any):
+        if queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"invalid queue_type {str(queue_type)[:40]!r}: expected "
+                              f"{' or '.join(QUEUE_TYPES)}")
+        url = check_url(join_urls(url))
+        if standby and not url.startswith(("amqp://", "amqps://")):
+            raise ConfigError("standby managers need a RabbitMQ broker (an amqp:// or "
+                              f"amqps:// URL), not {redact_url(url)!r}")
         # Its handlers run on a pool, so that one slow request holds up no other; the
         # stores they share guard themselves.
         kwargs.setdefault("serialize_callbacks", False)
+        kwargs.setdefault("add_uuid", bool(standby))
         super().__init__(token, url, **kwargs)
+        self.queue_type = queue_type
+        self.standby = bool(standby)
         self.configs = config if isinstance(config, ConfigStore) else ConfigStore(config)
-        self.metadata = MetadataStore(metadata_file)
+        self.metadata = MetadataStore(metadata_file,
+                                      on_change=self._share_state if standby else None)
+        data_url = None if data_url is None else check_url(join_urls(data_url))
         self._data_url = data_url or url
         self._data_url_given = data_url is not None and data_url != url
         self._data: IOThread | None = None
+        # standby: the management connection's generation whose state was taken over
+        self._active_generation: int | None = None
+        self._activation = threading.Lock()
+        self._state_sequence = 0
+        #: Times this manager took over the network's state (standby mode).
+        self.takeovers = 0
 
     # -- set-up --------------------------------------------------------------------
 
@@ -99,9 +159,33 @@ class Manager(Client):
                                (DATA_EXCHANGE, "topic"), (HISTORY_EXCHANGE, "topic")):
             channel.exchange_declare(exchange=exchange, type=kind, durable=True,
                                      auto_delete=False)
-        channel.queue_declare(queue=MANAGEMENT_QUEUE, durable=True, exclusive=False,
-                              auto_delete=False)
+        arguments = self._queue_arguments()
+        if self.standby:
+            arguments["x-single-active-consumer"] = True
+        self._declare_own_queue(channel, MANAGEMENT_QUEUE, arguments)
         channel.queue_bind(queue=MANAGEMENT_QUEUE, exchange=MANAGEMENT_EXCHANGE, routing_key="#")
+        if self.standby:
+            self._declare_own_queue(channel, STATE_QUEUE,
+                                    {**self._queue_arguments(), "x-max-length": 1})
+
+    def _declare_own_queue(self, channel: Any, queue: str, arguments: dict[str, Any]) -> None:
+        """Declare one of the manager's durable queues; explain a refusal (406: it exists
+        with other arguments, made by a manager with another queue type or standby mode)."""
+        try:
+            channel.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False,
+                                  arguments=arguments or None)
+        except Exception as error:
+            if getattr(error, "reply_code", None) != _PRECONDITION_FAILED:
+                raise
+            raise ConnectFailed(
+                f"the queue {queue!r} exists with other arguments than this manager's "
+                f"({getattr(error, 'reply_text', error)}): every manager of a network must "
+                "run with the same --queue-type and --standby; to change them, stop every "
+                f"manager and delete the queue (rabbitmqctl delete_queue {queue})") from None
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        """The arguments that make a queue of the manager's queue type."""
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
 
     def _setup_management(self, channel: Any) -> None:
         super()._setup_management(channel)
@@ -110,7 +194,73 @@ class Manager(Client):
 
     def _consume_management(self) -> None:
         assert self._management is not None
-        self._management.consume(MANAGEMENT_QUEUE, self._on_management_message, no_ack=True)
+        # standby: acked once answered, so the requests of a manager that dies go to the next
+        if self.standby:
+            self._management.consume(MANAGEMENT_QUEUE, self._on_request_acked, no_ack=False)
+        else:
+            self._management.consume(MANAGEMENT_QUEUE, self._on_management_message, no_ack=True)
+
+    # -- standby -------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Standby mode: whether this manager took over since its management connection was
+        made (it serves requests); always True otherwise."""
+        io = self._management
+        return not self.standby or (io is not None
+                                    and self._active_generation == io.generation)
+
+    def _on_request_acked(self, message: Any) -> None:
+        """IO thread, standby mode: a request of the management queue, acked once it was
+        answered (or refused)."""
+        io = self._management
+        assert io is not None
+        generation = io.generation
+
+        def ack(channel: Any) -> None:
+            if io.generation == generation:  # a delivery tag belongs to its channel
+                message.ack()
+
+        self._on_management_message(message, lambda: io.post(ack))
+
+    def _serve_request(self, *args: Any, **kwargs: Any) -> None:
+        if self.standby:
+            self._take_over()
+        super()._serve_request(*args, **kwargs)
+
+    def _take_over(self) -> None:
+        """Before the first request after the management connection was made: read the
+        network's state that the manager active before left in the state queue."""
+        io = self._management
+        assert io is not None
+        with self._activation:
+            generation = io.generation
+            if self._active_generation == generation:
+                return
+            state = io.call(_take_state, self.rpc_timeout)
+            if state is not None:
+                self._state_sequence = int(state.get("sequence", 0))
+                self.metadata.replace(state.get("state", {}))
+                logger.warning("%s: active; took over the metadata of %d metric(s) from %s",
+                               self.token, len(self.metadata), state.get("manager", "?"))
+            else:
+                logger.warning("%s: active; no shared state yet, sharing this manager's",
+                               self.token)
+                self._share_state(self.metadata.dump())
+            self._active_generation = generation
+            self.takeovers += 1
+
+    def _share_state(self, state: dict[str, Any]) -> None:
+        """Publish the whole metadata to the state queue (called by the store after every
+        change, in order); waits until it left, so the request's reply follows it."""
+        io = self._management
+        if io is None:
+            return
+        self._state_sequence += 1
+        body = encode_json({"sequence": self._state_sequence, "manager": self.token,
+                            "state": state})
+        io.publish(body, "", STATE_QUEUE, delivery_mode=2, app_id=self.token,
+                   content_type="application/json").result(self.rpc_timeout)
 
     def _on_start(self) -> None:
         data = IOThread(self._data_url, f"mqsync-{self.token}-data",
@@ -134,14 +284,15 @@ class Manager(Client):
         """The data broker as announced to clients.
 
         ``vhost:<name>`` when data and management share a broker, so each client reaches
-        the data vhost the way it reaches the manager (its host, port, TLS and
-        credentials); otherwise the data URL without credentials.
+        the data vhost the way it reaches the manager (its host, port, TLS, credentials,
+        and its list of a cluster's nodes); otherwise the data URL without credentials (the
+        nodes of a data cluster joined with ``;``).
         """
-        parts = urlsplit(self._data_url)
+        nodes = [urlsplit(node) for node in split_urls(self._data_url)]
         if self._data_url_given:
-            host = parts.netloc.rsplit("@", 1)[-1]
-            return urlunsplit(parts._replace(netloc=host))
-        return "vhost:" + (unquote(parts.path[1:]) or "/")
+            return ";".join(urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+                            for parts in nodes)
+        return "vhost:" + (unquote(nodes[0].path[1:]) or "/")
 
     def _on_data(self, operation: Any) -> Any:
         assert self._data is not None
@@ -149,8 +300,7 @@ class Manager(Client):
 
     def _require_queue(self, queue: str, function: str) -> None:
         assert self._data is not None
-        if not self._data.probe(lambda channel: channel.queue_declare(queue=queue, passive=True),
-                                self.rpc_timeout):
+        if not self._data.probe(_passive_declare(queue), self.rpc_timeout):
             self.metadata.set_queue_arguments(queue, None)
             raise RPCError(f"{function}: data queue {queue!r} does not exist (it expired, or "
                            "was released)")
@@ -200,8 +350,8 @@ class Manager(Client):
             queue = check.queue_name(function, "dataQueue", dataQueue)
             declaration = self._owned_queue(function, from_token, queue)
         self._bind_data_queue(from_token, queue, declaration,
-                              _QueueDeclaration(durable, {"x-expires": expires_ms},
-                                                owner=from_token), names)
+                              self._new_declaration(durable, {"x-expires": expires_ms},
+                                                    from_token), names)
         return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
                 "metrics": self._metrics_reply(names, metadata)}
 
@@ -263,6 +413,15 @@ class Manager(Client):
                     "durable" if declaration.durable else "auto-delete",
                     f", {len(stale)} unbound" if stale else "")
 
+    def _new_declaration(self, durable: bool, arguments: Mapping[str, Any],
+                         owner: str) -> _QueueDeclaration:
+        """How a new data queue is declared: as asked, or as a quorum queue (always
+        durable) on a quorum network."""
+        if self.queue_type == "quorum":
+            return _QueueDeclaration(True, {**arguments, **self._queue_arguments()},
+                                     auto_delete=False, owner=owner)
+        return _QueueDeclaration(durable, arguments, owner=owner)
+
     def _owned_queue(self, function: str, from_token: str,
                      queue: str) -> _QueueDeclaration | None:
         """The declaration of ``queue`` (None if the manager has no record of it), after
@@ -309,7 +468,7 @@ class Manager(Client):
                  if name not in wanted]
         # durable and never expiring, like a database's data queue
         self._bind_data_queue(from_token, queue, declaration,
-                              _QueueDeclaration(True, {}, owner=from_token), names, stale)
+                              self._new_declaration(True, {}, from_token), names, stale)
         self.metadata.set_transformer_bindings(from_token, names)
         return {"dataServerAddress": self.data_server_address, "dataQueue": queue,
                 "metrics": self._metrics_reply(names, True)}
@@ -337,13 +496,12 @@ class Manager(Client):
 
     def _declare_db_queues(self, token: str) -> tuple[str, str]:
         data_queue, history_queue = f"{token}-data", f"{token}-hreq"
-
-        def declare(channel: Any) -> None:
-            for queue in (data_queue, history_queue):
-                channel.queue_declare(queue=queue, durable=True, exclusive=False,
-                                      auto_delete=False)
-
-        self._on_data(declare)
+        arguments = self._queue_arguments()
+        assert self._data is not None
+        for queue in (data_queue, history_queue):
+            # one that exists keeps its type (declared again with another, it would be refused)
+            if not arguments or not self._data.probe(_passive_declare(queue), self.rpc_timeout):
+                self._on_data(_durable_declare(queue, arguments))
         return data_queue, history_queue
 
     @rpc_handler("db.register")
@@ -525,3 +683,46 @@ def _delete_queue(channel: Any, queue: str) -> None:
         # its bindings: one unbound before (a drained subscription) would stay, with its
         # end marker, for the life of the process.
         channel._delete(queue)  # type: ignore[no-untyped-call]  # kombu leaves it unannotated
+
+
+def _take_state(channel: Any) -> dict[str, Any] | None:
+    """IO thread: the newest state in the state queue (left there for the next manager);
+    older ones (a requeue can leave two) are acked away, malformed ones dropped."""
+    newest: tuple[int, Any, dict[str, Any]] | None = None
+    while True:
+        message = channel.basic_get(queue=STATE_QUEUE, no_ack=False)
+        if message is None:
+            break
+        tag = message.delivery_info["delivery_tag"]
+        try:
+            state = decode_json(message.body)
+            sequence = int(state["sequence"])
+            if not isinstance(state.get("state"), dict):
+                raise InvalidMessage("no 'state' object")
+        except (InvalidMessage, KeyError, TypeError, ValueError) as error:
+            logger.error("dropped a malformed message in %s: %s", STATE_QUEUE, error)
+            channel.basic_reject(tag, requeue=False)
+            continue
+        if newest is not None and newest[0] > sequence:
+            channel.basic_ack(tag)
+            continue
+        if newest is not None:
+            channel.basic_ack(newest[1])
+        newest = (sequence, tag, state)
+    if newest is None:
+        return None
+    channel.basic_reject(newest[1], requeue=True)
+    return newest[2]
+
+
+def _passive_declare(queue: str) -> Callable[[Any], None]:
+    def declare(channel: Any) -> None:
+        channel.queue_declare(queue=queue, passive=True)
+    return declare
+
+
+def _durable_declare(queue: str, arguments: Mapping[str, Any]) -> Callable[[Any], None]:
+    def declare(channel: Any) -> None:
+        channel.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False,
+                              arguments=dict(arguments) or None)
+    return declare

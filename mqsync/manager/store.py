@@ -6,7 +6,7 @@ import datetime
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..config import read_config_file
 from ..errors import ConfigError
@@ -68,11 +68,15 @@ class MetadataStore:
     The file is rewritten atomically after every change (see :mod:`mqsync.state`), so a
     manager restarted after a crash serves the metadata it had.  A change is all or
     nothing: when the file cannot be written, memory is put back as it was and the error
-    raised.
+    raised.  ``on_change(state)`` is then called with the whole state (:meth:`dump`), still
+    under the store's lock, so calls come in the order of the changes (a standby manager
+    shares the state this way); :meth:`replace` takes such a state back.
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None,
+                 on_change: Callable[[dict[str, Any]], None] | None = None):
         self.path = Path(path) if path is not None else None
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._metrics: dict[str, dict[str, Any]] = {}
         self._queues: dict[str, dict[str, Any]] = {}
@@ -160,22 +164,51 @@ class MetadataStore:
             self._transformers[token] = list(metrics)
             self._save()
 
+    def dump(self) -> dict[str, Any]:
+        """The whole state as a JSON-ready dict (what the file holds)."""
+        with self._lock:
+            return {key: dict(value) for key, value in self._dump().items()}
+
+    def replace(self, state: Mapping[str, Any]) -> None:
+        """Take ``state`` (a :meth:`dump`) as the whole state; written to the file, but not
+        handed to ``on_change`` (it came from there)."""
+        with self._lock:
+            self._metrics = dict(state.get("metrics", {}))
+            self._queues = dict(state.get("queues", {}))
+            self._databases = dict(state.get("databases", {}))
+            self._transformers = dict(state.get("transformers", {}))
+            self._save(announce=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._metrics)
+
+    def _dump(self) -> dict[str, Any]:
+        return {"metrics": self._metrics, "queues": self._queues, "databases": self._databases,
+                "transformers": self._transformers}
+
     def _snapshot(self) -> tuple[dict[str, Any], ...]:
         return (dict(self._metrics), dict(self._queues), dict(self._databases),
                 dict(self._transformers))
 
-    def _save(self) -> None:
-        """Write the file; on failure restore the last saved state (entries are replaced,
-        never changed in place, so shallow copies of the maps are snapshots)."""
-        if self.path is None:
-            return
+    def _save(self, announce: bool = True) -> None:
+        """Write the file, then hand the state to ``on_change``.
+
+        When the file cannot be written, the last saved state is restored (entries are
+        replaced, never changed in place, so shallow copies of the maps are snapshots) and
+        the error raised.  An ``on_change`` that fails is logged: the change stands here.
+        """
         try:
-            save_state({"metrics": self._metrics, "queues": self._queues,
-                        "databases": self._databases, "transformers": self._transformers},
-                       self.path)
+            if self.path is not None:
+                save_state(self._dump(), self.path)
         except BaseException:
             metrics, queues, databases, transformers = self._saved
             self._metrics, self._queues, self._databases, self._transformers = \
                 dict(metrics), dict(queues), dict(databases), dict(transformers)
             raise
         self._saved = self._snapshot()
+        if announce and self.on_change is not None:
+            try:
+                self.on_change(self._dump())
+            except Exception as error:  # noqa: BLE001 - the change is made; say it was not shared
+                logger.error("metadata changed, but sharing the change failed: %s", error)
