@@ -51,16 +51,11 @@ def _rabbitmqctl(*args: str) -> bool:
     return result.returncode == 0
 
 
-@pytest.fixture(scope="session")
-def broker_url():
-    """A RabbitMQ URL on a virtual host of this test session's own.
-
-    MetricQ's exchange and queue names are fixed, so a fresh vhost keeps this session's
-    manager and clients apart from anything else on the broker.  Where rabbitmqctl is not
-    available (a remote MQSYNC_TEST_URL), the URL is used as given.
-    """
+def _own_vhost(prefix: str):
+    """Yield the broker URL on a new virtual host (deleted afterwards); the URL as given
+    where rabbitmqctl is not available (a remote MQSYNC_TEST_URL)."""
     require_broker()
-    vhost = f"mqsync-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    vhost = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     parts = urlsplit(BROKER_URL)
     user = parts.username or "guest"
     if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl("set_permissions", "-p", vhost,
@@ -69,6 +64,23 @@ def broker_url():
         _rabbitmqctl("delete_vhost", vhost)
     else:
         yield BROKER_URL
+
+
+@pytest.fixture(scope="session")
+def broker_url():
+    """A RabbitMQ URL on a virtual host of this test session's own.
+
+    MetricQ's exchange and queue names are fixed, so a fresh vhost keeps this session's
+    manager and clients apart from anything else on the broker.
+    """
+    yield from _own_vhost("mqsync-test")
+
+
+@pytest.fixture
+def vhost_url():
+    """A RabbitMQ URL on a virtual host of this test's own (a network of its own, e.g. one
+    whose management queue is declared differently)."""
+    yield from _own_vhost("mqsync-test-own")
 
 
 class ManagerProcess:
@@ -80,7 +92,7 @@ class ManagerProcess:
     """
 
     def __init__(self, url: str, config_dir: Path, metadata_file: Path,
-                 log_file: Path | None = None):
+                 log_file: Path | None = None, args: tuple[str, ...] = ()):
         self.url = url
         self.config_dir = config_dir
         self.metadata_file = metadata_file
@@ -89,7 +101,7 @@ class ManagerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mqsync.cli.manager", "--url", url, "--config",
                  str(config_dir), "--metadata-file", str(metadata_file), "--log-level",
-                 "info"], stdout=log, stderr=log, text=True)
+                 "info", *args], stdout=log, stderr=log, text=True)
         # wait_ready() reads it on an early exit, stop() closes it
         self.process.stderr = open(self.log_file)  # noqa: SIM115
 
@@ -117,7 +129,16 @@ class ManagerProcess:
                     raise
                 time.sleep(0.2)
 
+    def kill9(self) -> None:
+        """``kill -9`` the manager; proven by its exit status."""
+        self.process.kill()
+        self.process.wait(15)
+        assert self.process.returncode == -signal.SIGKILL, self.process.returncode
+
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            self.process.stderr.close()
+            return
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(15)

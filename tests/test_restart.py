@@ -16,8 +16,6 @@ received; for the Subscriber, until the source had all of them confirmed, i.e. q
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,15 +25,12 @@ import pytest
 
 import mqsync
 from tests._rabbit_node import RabbitNode
+from tests._stream import CHUNK, RATE, T0, N, RecordingDurableSink, Streamer, analyse, values_match
 from tests._support import RecordingSink, wait_until
 from tests.conftest import ManagerProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-T0 = 1_700_000_000_000_000_000
-N = 100_000
-RATE = 20_000  # points per second
-CHUNK = 100
 OUTAGE_S = 5.0
 #: Bound on every wait for data after the broker is back.
 RECOVERY_TIMEOUT = 60.0
@@ -60,15 +55,6 @@ def _print_rows(rows: list[tuple]) -> None:
 
 # -- the manager on the private node ------------------------------------------------------
 
-class LoggedManager(ManagerProcess):
-    """ManagerProcess that can be killed with SIGKILL."""
-
-    def kill9(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-        self.process.stderr.close()
-
-
 class NetworkOnNode:
     """The private node and the manager serving it (restartable)."""
 
@@ -82,8 +68,8 @@ class NetworkOnNode:
     def url(self) -> str:
         return self.node.url
 
-    def _start_manager(self) -> LoggedManager:
-        manager = LoggedManager(self.node.url, self.directory / "clients",
+    def _start_manager(self) -> ManagerProcess:
+        manager = ManagerProcess(self.node.url, self.directory / "clients",
                                 self.directory / "metadata.json",
                                 self.directory / "manager.log")
         try:
@@ -124,61 +110,7 @@ def network(rabbit_node, tmp_path_factory):
 
 # -- receivers ---------------------------------------------------------------------------
 
-class RecordingDurableSink(RecordingSink, mqsync.DurableSink):
-    """RecordingSink with a fixed token and sink.register (a DurableSink)."""
-
-
-def _analyse(times: list[int]) -> tuple[int, int, int]:
-    """(received, lost, duplicates) of point times; duplicates must be whole chunks."""
-    counts = collections.Counter(times)
-    expected = set(range(T0, T0 + N))
-    assert set(counts) <= expected, "points that were never sent arrived"
-    lost = N - len(counts)
-    duplicates = len(times) - len(counts)
-    by_chunk: dict[int, set[int]] = collections.defaultdict(set)
-    for t, n in counts.items():
-        by_chunk[(t - T0) // CHUNK].add(n)
-    partial = [k for k, ns in by_chunk.items() if len(ns) > 1]
-    assert not partial, f"chunks {partial[:5]} arrived partly twice"
-    return len(times), lost, duplicates
-
-
-def _values_match(points: list[tuple[str, int, float]]) -> bool:
-    return all(v == float(t - T0) for _, t, v in points)
-
-
 # -- streaming and outages ---------------------------------------------------------------
-
-class Streamer(threading.Thread):
-    """Sends N points at RATE points/s in chunks of CHUNK, paced by deadlines (no drift);
-    sets ``third`` when a third of the points are out."""
-
-    def __init__(self, source: mqsync.Source, metric: str):
-        super().__init__(name="restart-test-streamer", daemon=True)
-        self.source = source
-        self.metric = metric
-        self.third = threading.Event()
-        self.error: BaseException | None = None
-        self.late_s = 0.0  # how far behind its schedule the stream fell at worst
-
-    def run(self) -> None:
-        try:
-            start = time.monotonic()
-            for k in range(0, N, CHUNK):
-                due = start + k / RATE
-                now = time.monotonic()
-                if due > now:
-                    time.sleep(due - now)
-                else:
-                    self.late_s = max(self.late_s, now - due)
-                times = list(range(T0 + k, T0 + k + CHUNK))
-                self.source.send_many(self.metric, times, [float(t - T0) for t in times])
-                if k + CHUNK >= N // 3:
-                    self.third.set()
-        except BaseException as error:  # noqa: BLE001 - re-raised by the test
-            self.error = error
-            self.third.set()
-
 
 def _outage(node: RabbitNode, kind: str, during: Callable[[], None] | None = None) -> float:
     """Take the node down for at least OUTAGE_S seconds; return when its AMQP port opened
@@ -289,8 +221,8 @@ def _run_three_receivers(network: NetworkOnNode, tmp_path: Path, caplog: Any, se
             ("DurableSink", durable.points, done.get("DurableSink")),
             ("Subscriber", collected, done.get("source confirmed"))):
         times = [t for m, t, _ in points if m == metric]
-        received, lost, duplicates = _analyse(times)
-        results[name] = (lost, _values_match(points))
+        received, lost, duplicates = analyse(times)
+        results[name] = (lost, values_match(points))
         rows.append((setup, outage, name, N, received, lost, duplicates, recovery))
     _ROWS.extend(rows)
     _print_rows(rows)
@@ -355,7 +287,7 @@ def test_waiting_chunks_survive_a_restart(network, kind):
         collected = [(m, t.posix_ns, v) for m, t, v in subscriber.collect_data(timeout=30)]
         collect_s = time.monotonic() - back
     times = [t for m, t, _ in collected if m == metric]
-    received, lost, duplicates = _analyse(times)
+    received, lost, duplicates = analyse(times)
     row = ("1000 chunks waiting", kind, "Subscriber", N, received, lost, duplicates, collect_s)
     _ROWS.append(row)
     _print_rows([row])
@@ -364,7 +296,7 @@ def test_waiting_chunks_survive_a_restart(network, kind):
     assert after is not None, "the queue did not survive the restart"
     assert after["durable"] is True
     assert after["messages_ready"] == N // CHUNK, "waiting chunks were dropped by the restart"
-    assert lost == 0 and _values_match(collected)
+    assert lost == 0 and values_match(collected)
 
 
 @pytest.mark.timeout(150)
