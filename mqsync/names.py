@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Iterable, Sequence, Union
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -96,9 +96,10 @@ def _with_credentials(management_url: str, address: str) -> str:
     target = urlsplit(address)
     if management.username is None:
         return address
-    credentials = quote(management.username, safe="")
+    # urlsplit leaves them percent-encoded: encoded again, '%40' would become '%2540'
+    credentials = quote(unquote(management.username), safe="")
     if management.password is not None:
-        credentials += ":" + quote(management.password, safe="")
+        credentials += ":" + quote(unquote(management.password), safe="")
     host = target.netloc.rsplit("@", 1)[-1]
     return urlunsplit(target._replace(netloc=f"{credentials}@{host}"))
 

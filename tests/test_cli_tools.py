@@ -142,6 +142,19 @@ def show_config(command: str, *args: str, env: dict[str, str]) -> dict[str, tupl
     return settings
 
 
+def test_the_commands_take_a_node_list_from_the_config_file(tmp_path, tool_env):
+    config = tmp_path / "cli.toml"
+    config.write_text('url = ["amqp://u:file-secret@h1/", "amqp://u:file-secret@h2/"]\n')
+    settings = show_config("discover", env={**tool_env, "MQSYNC_CONFIG": str(config)})
+    assert settings["url"] == ("'amqp://u:******@h1/;amqp://u:******@h2/'", str(config))
+    config.write_text('url = ["amqp://u:file-secret@h1/", 3]\n')
+    result = run_tool("discover", "--show-config",
+                      env={**tool_env, "MQSYNC_CONFIG": str(config)})
+    assert result.returncode == 2
+    assert "every broker URL must be a str" in result.stderr
+    assert "file-secret" not in result.stderr
+
+
 def test_configuration_precedence_cli_env_file_default(tool_env, tmp_path):
     config = tmp_path / "cli.toml"
     config.write_text('url = "amqp://u:file-secret@file-host/"\nlog_level = "info"\n'
