@@ -14,9 +14,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
+
+from tests._support import wait_until
 
 BROKER_URL = os.environ.get("MQSYNC_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -146,6 +148,61 @@ class ManagerProcess:
             self.process.kill()
             self.process.wait(5)
         self.process.stderr.close()
+
+
+def vhost_of(url: str) -> str:
+    """The virtual host of a broker URL (of its first node, for a node list)."""
+    return unquote(urlsplit(url.split(";amqp", 1)[0]).path[1:]) or "/"
+
+
+def management_consumers(url: str, node: str | None = None) -> list[dict]:
+    """The consumers of the network's management queue (``active``: the one the broker
+    feeds), asked of ``node`` (default: rabbitmqctl's)."""
+    result = subprocess.run(["rabbitmqctl", *(["-n", node] if node else []), "list_consumers",
+                             "-q", "-p", vhost_of(url), "--formatter", "json", "queue_name",
+                             "active"], capture_output=True, text=True, timeout=60, check=True)
+    rows = json.loads(result.stdout.strip() or "[]")
+    return [row for row in rows if row["queue_name"] == "management"]
+
+
+class StandbyPair:
+    """Two ``mqsync-manager --standby`` processes sharing one configuration directory, the
+    first (active) on ``urls[0]``, the second on ``urls[1]``; ``node`` is where rabbitmqctl
+    asks (default: rabbitmqctl's)."""
+
+    def __init__(self, urls: list[str], directory: Path, *extra: str, node: str | None = None):
+        self.url = urls[0]
+        self.node = node
+        config = directory / "clients"
+        config.mkdir(exist_ok=True)
+        self.managers: list[ManagerProcess] = []
+        try:
+            for name, url in zip("ab", urls):
+                manager = ManagerProcess(url, config, directory / f"metadata-{name}.json",
+                                         directory / f"manager-{name}.log",
+                                         args=("--standby", *extra))
+                self.managers.append(manager)
+                manager.wait_ready(timeout=60)
+            # both consume the management queue; the broker feeds one
+            assert wait_until(lambda: len(self.consumers()) == 2, timeout=30), self.consumers()
+        except BaseException:
+            self.stop()
+            raise
+
+    def consumers(self) -> list[dict]:
+        return management_consumers(self.url, self.node)
+
+    @property
+    def active(self) -> ManagerProcess:
+        return self.managers[0]
+
+    @property
+    def standby(self) -> ManagerProcess:
+        return self.managers[1]
+
+    def stop(self) -> None:
+        for manager in self.managers:
+            manager.stop()
 
 
 @pytest.fixture(scope="session")

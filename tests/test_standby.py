@@ -17,8 +17,6 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import kombu
 import pytest
@@ -29,65 +27,16 @@ from mqsync.manager.manager import MANAGEMENT_QUEUE, STATE_QUEUE
 from tests._rabbit_node import list_queues
 from tests._stream import CHUNK, RATE, N, Streamer, analyse, values_match
 from tests._support import RecordingSink, wait_until
-from tests.conftest import ManagerProcess
+from tests.conftest import StandbyPair, vhost_of
 
 pytestmark = [pytest.mark.broker]
 
 TOOK_OVER = "active; took over the metadata"
 
 
-def _vhost(url: str) -> str:
-    return unquote(urlsplit(url).path[1:]) or "/"
-
-
-def _management_consumers(url: str) -> list[dict]:
-    """The consumers of the management queue (``active``: the one the broker feeds)."""
-    result = subprocess.run(["rabbitmqctl", "list_consumers", "-q", "-p", _vhost(url),
-                             "--formatter", "json", "queue_name", "active"],
-                            capture_output=True, text=True, timeout=60, check=True)
-    rows = json.loads(result.stdout.strip() or "[]")
-    return [row for row in rows if row["queue_name"] == MANAGEMENT_QUEUE]
-
-
-class StandbyPair:
-    """Two ``mqsync-manager --standby`` processes sharing one configuration directory; the
-    first is started (and so active) before the second."""
-
-    def __init__(self, url: str, directory: Path, *extra: str):
-        self.url = url
-        config = directory / "clients"
-        config.mkdir()
-        self.managers: list[ManagerProcess] = []
-        try:
-            for name in ("a", "b"):
-                manager = ManagerProcess(url, config, directory / f"metadata-{name}.json",
-                                         directory / f"manager-{name}.log",
-                                         args=("--standby", *extra))
-                self.managers.append(manager)
-                manager.wait_ready()
-            # both consume the management queue; the broker feeds one
-            assert wait_until(lambda: len(_management_consumers(url)) == 2, timeout=30), \
-                _management_consumers(url)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def active(self) -> ManagerProcess:
-        return self.managers[0]
-
-    @property
-    def standby(self) -> ManagerProcess:
-        return self.managers[1]
-
-    def stop(self) -> None:
-        for manager in self.managers:
-            manager.stop()
-
-
 @pytest.fixture
 def pair(vhost_url, tmp_path):
-    pair = StandbyPair(vhost_url, tmp_path)
+    pair = StandbyPair([vhost_url, vhost_url], tmp_path)
     try:
         yield pair
     finally:
@@ -103,7 +52,7 @@ def test_the_standby_takes_over_when_the_active_manager_is_killed_mid_stream(pai
     u = uuid.uuid4().hex[:8]
     metric = f"standby.{u}.stream"
     common = {"rpc_timeout": 20, "connect_timeout": 30}
-    assert [row["active"] for row in _management_consumers(url)].count(True) == 1
+    assert [row["active"] for row in pair.consumers()].count(True) == 1
     with mqsync.Client(f"probe-{u}", url, **common) as probe, \
             RecordingSink(f"sink-{u}", url, **common) as sink:
         sink.subscribe([metric])
@@ -147,7 +96,7 @@ def test_the_standby_takes_over_when_the_active_manager_is_killed_mid_stream(pai
     # not interrupted: no connection of the stream noticed anything
     assert source_stats["reconnects"] == 0 and sink_stats["reconnects"] == 0
     assert source.failure is None and sink.failure is None
-    assert [row["active"] for row in _management_consumers(url)] == [True]
+    assert [row["active"] for row in pair.consumers()] == [True]
 
 
 @pytest.mark.timeout(90)
@@ -155,7 +104,7 @@ def test_a_request_the_dying_manager_held_is_answered_by_the_standby(pair):
     """The active manager is frozen (SIGSTOP) while it holds a request it was handed, then
     killed: the broker hands the unacknowledged request to the standby, which answers it."""
     url = pair.url
-    vhost = _vhost(url)
+    vhost = vhost_of(url)
     with mqsync.Client(f"probe-{uuid.uuid4().hex[:8]}", url, rpc_timeout=30) as probe:
         os.kill(pair.active.process.pid, signal.SIGSTOP)
         try:
@@ -246,7 +195,7 @@ def test_a_malformed_shared_state_is_dropped(vhost_url, caplog):
         assert client.get_metrics() == {}
         assert manager.takeovers == 1
     assert any("dropped a malformed message" in r.getMessage() for r in caplog.records)
-    state = list_queues(_vhost(vhost_url))[STATE_QUEUE]
+    state = list_queues(vhost_of(vhost_url))[STATE_QUEUE]
     assert state["messages_ready"] == 1  # the manager's own state replaced the garbage
 
 
