@@ -41,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import bench_cluster  # noqa: E402
 import bench_durability  # noqa: E402
 import bench_host  # noqa: E402
 import bench_latency  # noqa: E402
@@ -55,13 +56,14 @@ BENCHMARKS = {
     "memory": bench_memory.run,
     "durability": bench_durability.run,
     "host": bench_host.run,
+    "cluster": bench_cluster.run,  # its own 3-node cluster (local rabbitmq-server): --only
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_common_arguments(parser)
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
+    parser.add_argument("--only", default=",".join(n for n in BENCHMARKS if n != "cluster"),
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     args = parser.parse_args(argv)
     _common.check_runs(parser, args.runs)
