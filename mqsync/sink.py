@@ -243,11 +243,21 @@ class Sink(Client):
         return {**super()._io_threads(), "data": self._data}
 
     def _release_queue(self, timeout: float) -> None:
-        """A sink that stops cleanly frees its queue; after a crash it expires instead."""
+        """A sink that stops cleanly frees its queue; after a crash it expires instead.
+
+        The queue is unbound before it is deleted, so no publisher routes to it any more:
+        RabbitMQ 3.10 closes a channel that publishes to a quorum queue being deleted
+        (541 INTERNAL_ERROR), which would make every source of its metrics reconnect.
+        """
         if self.data_queue is None or self._failure is not None:
             return
+        deadline = time.monotonic() + timeout
         try:
-            self.rpc("sink.release", dataQueue=self.data_queue, timeout=timeout)
+            if self._subscribed:
+                self.rpc("sink.unsubscribe", dataQueue=self.data_queue,
+                         metrics=sorted(self._subscribed), end=False, timeout=timeout)
+            self.rpc("sink.release", dataQueue=self.data_queue,
+                     timeout=max(time_left(deadline), RELEASE_GRACE))
         except MqsyncError as error:
             logger.warning("%s: could not release %s (it expires on its own): %s", self.token,
                            self.data_queue, error)

@@ -183,7 +183,12 @@ def revive(network):
 @pytest.mark.timeout(240)
 def test_kill9_of_the_active_manager_mid_stream(network, revive):
     """kill -9 of the active manager (not of a node): new clients register through the
-    standby within 5 s (their RPC timeout), and the stream goes on untouched."""
+    standby within 5 s (their RPC timeout), and the stream goes on untouched.
+
+    The new sink also leaves mid-stream, and its quorum queue is deleted: RabbitMQ 3.10
+    closes a channel that publishes to a quorum queue while it is deleted (541
+    INTERNAL_ERROR, a ``case_clause`` in ``rabbit_channel:deliver_to_queues``); a Sink unbinds
+    its queue before it has it released, so the source is not disturbed either."""
     cluster = network.cluster
     pair = network.new_managers()
     victim, other = pair.active, pair.standby
