@@ -99,7 +99,7 @@ def test_the_standby_takes_over_when_the_active_manager_is_killed_mid_stream(pai
     assert [row["active"] for row in pair.consumers()] == [True]
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_a_request_the_dying_manager_held_is_answered_by_the_standby(pair):
     """The active manager is frozen (SIGSTOP) while it holds a request it was handed, then
     killed: the broker hands the unacknowledged request to the standby, which answers it."""
@@ -114,7 +114,7 @@ def test_a_request_the_dying_manager_held_is_answered_by_the_standby(pair):
             caller.start()
             try:
                 assert wait_until(lambda: list_queues(vhost).get(MANAGEMENT_QUEUE, {}).get(
-                    "messages_unacknowledged") == 1, timeout=20), list_queues(vhost)
+                    "messages_unacknowledged") == 1, timeout=45), list_queues(vhost)
             finally:
                 pair.active.kill9()
         finally:
