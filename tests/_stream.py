@@ -73,3 +73,16 @@ class Streamer(threading.Thread):
         except BaseException as error:  # noqa: BLE001 - re-raised by the test
             self.error = error
             self.third.set()
+
+
+def print_rows(header: tuple[str, ...], rows: list[tuple], widths: tuple[int, ...],
+               left: int = 0) -> None:
+    """Print a table: the first ``left`` columns aligned left, floats with 2 decimals."""
+    def line(cells: list[str]) -> str:
+        return "  ".join(f"{c:<{w}}" if i < left else f"{c:>{w}}"
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    print("\n" + line(list(header)))
+    for row in rows:
+        print(line([f"{c:.2f}" if isinstance(c, float) else ("-" if c is None else str(c))
+                    for c in row]))

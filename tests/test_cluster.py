@@ -31,7 +31,16 @@ import pytest
 
 import mqsync
 from tests._rabbit_node import RabbitCluster
-from tests._stream import CHUNK, RATE, N, RecordingDurableSink, Streamer, analyse, values_match
+from tests._stream import (
+    CHUNK,
+    RATE,
+    N,
+    RecordingDurableSink,
+    Streamer,
+    analyse,
+    print_rows,
+    values_match,
+)
 from tests._support import RecordingSink, wait_until
 from tests.conftest import StandbyPair
 
@@ -48,10 +57,7 @@ _HEADER = ("killed", "receiver", "sent", "received", "lost", "duplicates", "fail
 
 
 def _print_rows(rows: list[tuple]) -> None:
-    print("\n" + "  ".join(f"{h:>11}" for h in _HEADER))
-    for row in rows:
-        print("  ".join(f"{c:>11.2f}" if isinstance(c, float) else
-                        f"{'-' if c is None else c!s:>11}" for c in row))
+    print_rows(_HEADER, rows, (11,) * len(_HEADER))
 
 
 class ClusterNetwork:

@@ -25,7 +25,17 @@ import pytest
 
 import mqsync
 from tests._rabbit_node import RabbitNode
-from tests._stream import CHUNK, RATE, T0, N, RecordingDurableSink, Streamer, analyse, values_match
+from tests._stream import (
+    CHUNK,
+    RATE,
+    T0,
+    N,
+    RecordingDurableSink,
+    Streamer,
+    analyse,
+    print_rows,
+    values_match,
+)
 from tests._support import RecordingSink, wait_until
 from tests.conftest import ManagerProcess
 
@@ -42,15 +52,7 @@ _HEADER = ("setup", "outage", "receiver", "sent", "received", "lost", "duplicate
 
 
 def _print_rows(rows: list[tuple]) -> None:
-    widths = (30, 8, 12, 7, 9, 6, 10, 10)
-    line = "  ".join(f"{h:>{w}}" if i > 2 else f"{h:<{w}}" for i, (h, w)
-                     in enumerate(zip(_HEADER, widths)))
-    print("\n" + line)
-    for row in rows:
-        cells = [f"{c:.2f}" if isinstance(c, float) else ("-" if c is None else str(c))
-                 for c in row]
-        print("  ".join(f"{c:>{w}}" if i > 2 else f"{c:<{w}}" for i, (c, w)
-                        in enumerate(zip(cells, widths))))
+    print_rows(_HEADER, rows, (30, 8, 12, 7, 9, 6, 10, 10), left=3)
 
 
 # -- the manager on the private node ------------------------------------------------------
