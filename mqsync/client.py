@@ -476,6 +476,7 @@ class Client(RPCDispatcher):
             if "from_token" in payload:
                 raise InvalidRequest(f"{function}: a request must not carry 'from_token' (the "
                                      "receiver sets it from the sender's app_id)")
+            self._before_request(settle)
             result = self.rpc_dispatch(function, from_token=from_token, **payload)
             reply = {} if result is None else result
             if not isinstance(reply, Mapping):
@@ -498,6 +499,10 @@ class Client(RPCDispatcher):
             self._management.publish(body, "", reply_to, correlation_id=correlation_id,
                                      app_id=self.token, content_type="application/json")
         settle()
+
+    def _before_request(self, settle: Callable[[], None]) -> None:
+        """Subclass hook: runs on the RPC worker before a request's handlers (an exception
+        is answered as the handlers' would be); ``settle`` is the request's."""
 
     # -- built-in handlers ----------------------------------------------------------
 

@@ -134,8 +134,9 @@ class IOThread:
             queues, starts consumers and resends.  An exception from the first setup fails
             :meth:`start`; after a reconnect it is logged and the connection retried.
         heartbeat: AMQP heartbeat interval in seconds (0 disables).
-        connect_timeout: seconds one connection attempt may take; also the bound on every
-            socket write.
+        connect_timeout: seconds one connection attempt may take (with several nodes: one
+            round over all of them, each getting its share); also the bound on every socket
+            write.
         give_up: seconds without a connection after which the thread stops for good.
         on_reconnect: called on the IO thread after a successful reconnect and setup.
         on_fatal: called (on the IO thread) with the error when the thread gives up.
@@ -539,17 +540,23 @@ class IOThread:
                 self._connect_to(self._urls[self._node])
                 return
             except Exception as error:
-                if attempt + 1 == len(self._urls) or self._stop.is_set():
-                    raise
-                logger.info("%s: %s did not accept: %s; trying the next node", self.name,
-                            redact_url(self._urls[self._node]), error or type(error).__name__)
+                last = attempt + 1 == len(self._urls)
+                if not last:
+                    logger.info("%s: %s did not accept: %s; trying the next node", self.name,
+                                redact_url(self._urls[self._node]),
+                                error or type(error).__name__)
+                # the next round starts from the node after the one that failed last
                 self._node = (self._node + 1) % len(self._urls)
+                if last or self._stop.is_set():
+                    raise
 
     def _connect_to(self, url: str) -> None:
         connection = kombu.Connection(
             url,
             heartbeat=self._heartbeat or None,
-            connect_timeout=self._connect_timeout,
+            # one round over every node within connect_timeout: a node that hangs (a frozen
+            # VM, a port that never answers) must leave time for the others
+            connect_timeout=self._connect_timeout / len(self._urls),
             # connection_name: the broker lists the connection by its thread's name
             # (mqsync-<token>-mgmt, mqsync-<token>-data), so operators see who is who.
             transport_options={"polling_interval": POLL_INTERVAL,
@@ -628,7 +635,8 @@ class IOThread:
                 else:
                     logger.error("%s: unexpected error in the IO loop; reconnecting", self.name,
                                  exc_info=error)
-                if not self._reconnect():
+                # a channel the broker closed is no reason to leave a node that works
+                if not self._reconnect(move_on=not isinstance(error, _ChannelClosed)):
                     break
         self._shutdown()
 
@@ -756,12 +764,13 @@ class IOThread:
         self._backoff = min(self._backoff * 2, MAX_RECONNECT_DELAY)
         return delay
 
-    def _reconnect(self) -> bool:
+    def _reconnect(self, move_on: bool = True) -> bool:
         lost_at = time.monotonic()
         lost_node = self._node
         _close_quietly(self._connection, 0.0)
         self._connection, self._channel = None, None
-        self._node = (self._node + 1) % len(self._urls)  # the node lost is likely down
+        if move_on:  # the node lost is likely down
+            self._node = (self._node + 1) % len(self._urls)
         if time.monotonic() - self._connected_at >= HEALTHY_AFTER:
             self._backoff = RECONNECT_DELAY_MIN
         deadline = time.monotonic() + self._give_up

@@ -153,6 +153,12 @@ def test_the_commands_take_a_node_list_from_the_config_file(tmp_path, tool_env):
     assert result.returncode == 2
     assert "every broker URL must be a str" in result.stderr
     assert "file-secret" not in result.stderr
+    for value in ('[["amqp://u:file-secret@h1/"]]', '{node = "amqp://u:file-secret@h1/"}'):
+        config.write_text(f"url = {value}\n")
+        result = run_tool("discover", "--show-config",
+                          env={**tool_env, "MQSYNC_CONFIG": str(config)})
+        assert result.returncode == 2
+        assert "file-secret" not in result.stderr, result.stderr
 
 
 def test_configuration_precedence_cli_env_file_default(tool_env, tmp_path):

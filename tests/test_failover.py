@@ -125,3 +125,19 @@ def test_a_source_and_a_sink_fail_over_when_their_node_goes(broker_url, manager)
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_a_node_that_never_answers_leaves_time_for_the_next(broker_url):
+    """The first node accepts TCP but never speaks AMQP (a frozen VM): the round over the
+    nodes shares the connect timeout, so the second node is reached within it."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        io = IOThread(join_urls([f"amqp://guest:guest@127.0.0.1:{port}/", broker_url]),
+                      "test-failover-silent", connect_timeout=6)
+        io.start(5)  # one node alone would have 6 s: the first would use them all
+        try:
+            assert io.connected_url is not None and f":{port}/" not in io.connected_url
+        finally:
+            io.stop()

@@ -83,6 +83,29 @@ def test_an_existing_classic_database_queue_keeps_its_type(vhost_url, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_an_existing_classic_transformer_queue_keeps_its_type(vhost_url):
+    """A transformer's fixed queue made before the network had quorum queues (and unknown
+    to this manager) is bound as it is, not refused with 406."""
+    u = uuid.uuid4().hex[:8]
+    token = f"transformer-{u}"
+    with Manager(vhost_url, queue_type="quorum"):
+        with kombu.Connection(vhost_url) as connection:
+            channel = connection.channel()
+            channel.queue_declare(queue=f"{token}-data", durable=True, exclusive=False,
+                                  auto_delete=False)
+            channel.close()
+        with mqsync.Client(token, vhost_url) as transformer:
+            reply = transformer.rpc("transformer.subscribe", metrics=[f"t.{u}"])
+        assert reply["dataQueue"] == f"{token}-data"
+        assert _types(vhost_url)[f"{token}-data"][0] == "classic"
+        with mqsync.Source(f"source-{u}", vhost_url) as source:
+            source.send_many(f"t.{u}", [T0, T0 + 1], [1.0, 2.0])
+            source.flush(timeout=30)
+        assert wait_until(lambda: list_queues(vhost_of(vhost_url))[f"{token}-data"]
+                          ["messages_ready"] == 1, timeout=30)
+
+
+@pytest.mark.timeout(60)
 def test_a_queue_type_change_is_refused_with_advice(vhost_url):
     with Manager(vhost_url):
         pass

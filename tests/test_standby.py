@@ -23,7 +23,8 @@ import pytest
 
 import mqsync
 from mqsync.manager import Manager
-from mqsync.manager.manager import MANAGEMENT_QUEUE, STATE_QUEUE
+from mqsync.manager.manager import MANAGEMENT_QUEUE, STATE_QUEUE, _Ack
+from tests._proxy import FaultProxy
 from tests._rabbit_node import list_queues
 from tests._stream import CHUNK, RATE, N, Streamer, analyse, values_match
 from tests._support import RecordingSink, wait_until
@@ -178,14 +179,18 @@ def test_a_graceful_handover_carries_the_metadata(vhost_url, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_malformed_shared_state_is_dropped(vhost_url, caplog):
-    """Garbage in the state queue: logged and dropped; the manager goes on with its own
-    state and shares it."""
+@pytest.mark.parametrize("body", [
+    b"{not json", b'{"sequence": 7, "state": {"metrics": [1, 2]}}',
+    b'{"sequence": "x", "state": {}}', b'{"sequence": 1, "state": {"transformers": {"t": 1}}}',
+], ids=["not-json", "metrics-a-list", "sequence-not-a-number", "bindings-not-a-list"])
+def test_a_malformed_shared_state_is_dropped(vhost_url, caplog, body):
+    """Garbage in the state queue: logged and dropped (not taken, not put back for the next
+    manager); the manager goes on with its own state and shares it."""
     with kombu.Connection(vhost_url) as connection:
         channel = connection.channel()
         channel.queue_declare(queue=STATE_QUEUE, durable=True, exclusive=False,
                               auto_delete=False, arguments={"x-max-length": 1})
-        message = channel.prepare_message(b"{not json", None, None, None, None,
+        message = channel.prepare_message(body, None, None, None, None,
                                           {"delivery_mode": 2})
         channel.basic_publish(message, exchange="", routing_key=STATE_QUEUE)
         channel.close()
@@ -204,3 +209,48 @@ def test_bad_manager_options_are_refused_at_once():
         Manager("amqp://guest:guest@127.0.0.1/", queue_type="mirrored")
     with pytest.raises(mqsync.ConfigError, match="standby managers need a RabbitMQ broker"):
         Manager("memory://", standby=True)
+
+
+@pytest.mark.timeout(90)
+def test_a_manager_that_lost_its_connection_stands_by(vhost_url):
+    """The active manager's connection is cut: the broker makes the other one active, which
+    takes over; the first, back on a new connection, stands by and shares nothing, and takes
+    over again (with the other's changes) only when the other goes."""
+    u = uuid.uuid4().hex[:8]
+    proxy = FaultProxy()
+    first = Manager(proxy.url(vhost_url), standby=True, reconnect_timeout=60)
+    second = Manager(vhost_url, standby=True)
+    try:
+        first.start()
+        with mqsync.Client(f"client-{u}", vhost_url, rpc_timeout=20) as client:
+            client.rpc("source.declare_metrics", metrics={f"a.{u}": {}})
+            second.start()
+            assert first.active and not second.active
+            proxy.cut()
+            assert wait_until(lambda: first._management.reconnects >= 1, timeout=30)
+            client.rpc("source.declare_metrics", metrics={f"b.{u}": {}})
+            assert second.active and not first.active, "the reconnected manager took over"
+            # what the deposed manager would still share (a handler that was running) is
+            # not published over the active one's state
+            with pytest.raises(mqsync.ConnectFailed, match="not shared"):
+                first._share_state(first.metadata.dump())
+            second.stop()
+            assert sorted(client.get_metrics()) == [f"a.{u}", f"b.{u}"]
+            assert first.active and first.takeovers == 2
+    finally:
+        first.stop()
+        second.stop()
+        proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_request_delivered_before_a_reconnect_is_left_to_the_broker(vhost_url):
+    """A request still waiting for a worker when its connection went is not served (the
+    broker hands it out again): it must not make this manager take over."""
+    with Manager(vhost_url, standby=True) as manager:
+        io = manager._management
+        stale = _Ack(io, message=None)
+        stale.generation = io.generation - 1
+        manager._serve_request({"function": "get_metrics"}, "someone", "id-1", "nowhere",
+                               stale)
+        assert manager.takeovers == 0 and not manager.active

@@ -438,12 +438,16 @@ def _as_bool(value: Any) -> bool:
 
 
 def _shown(key: str, value: Any) -> str:
-    """A value for messages: URLs with the password masked."""
-    if "url" in key and isinstance(value, (list, tuple)):
-        return repr([redact_url(item) if isinstance(item, str) else item for item in value])
-    if isinstance(value, str) and "url" in key:
+    """A value for messages: URLs with the password masked; for a URL key, anything but a
+    string or a list of strings is shown by its type only (it may hold a password)."""
+    if "url" not in key:
+        return repr(value)
+    if isinstance(value, str):
         return repr(redact_url(value))
-    return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(repr(redact_url(item)) if isinstance(item, str) else
+                               f"<{type(item).__name__}>" for item in value) + "]"
+    return f"<{type(value).__name__}>"
 
 
 def broker_url_setting(value: Any) -> str:

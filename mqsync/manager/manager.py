@@ -91,6 +91,9 @@ MANAGEMENT_QUEUE = "management"
 STATE_QUEUE = "mqsync.manager.state"
 #: The queue types a manager declares its queues as.
 QUEUE_TYPES = ("classic", "quorum")
+#: Standby managers on quorum queues: times a request is handed out again (its manager
+#: died holding it) before the broker drops it.
+MANAGEMENT_DELIVERY_LIMIT = 5
 #: Milliseconds an unused data queue lives when the subscriber gives no ``expires``.
 DEFAULT_QUEUE_EXPIRES_MS = 600_000
 #: RPC handlers that may run at once.
@@ -162,6 +165,9 @@ class Manager(Client):
         arguments = self._queue_arguments()
         if self.standby:
             arguments["x-single-active-consumer"] = True
+            if self.queue_type == "quorum":
+                # a request that kills every manager it reaches is dropped after a few
+                arguments["x-delivery-limit"] = MANAGEMENT_DELIVERY_LIMIT
         self._declare_own_queue(channel, MANAGEMENT_QUEUE, arguments)
         channel.queue_bind(queue=MANAGEMENT_QUEUE, exchange=MANAGEMENT_EXCHANGE, routing_key="#")
         if self.standby:
@@ -215,52 +221,72 @@ class Manager(Client):
         answered (or refused)."""
         io = self._management
         assert io is not None
-        generation = io.generation
+        self._on_management_message(message, _Ack(io, message))
 
-        def ack(channel: Any) -> None:
-            if io.generation == generation:  # a delivery tag belongs to its channel
-                message.ack()
+    def _serve_request(self, payload: dict[str, Any], from_token: str,
+                       correlation_id: str | None, reply_to: str,
+                       settle: Callable[[], None] = lambda: None) -> None:
+        io = self._management
+        if isinstance(settle, _Ack) and io is not None and settle.generation != io.generation:
+            # delivered on a connection that is gone: the broker hands it out again, maybe
+            # to another manager that is active now; served here, it would make this one
+            # take over as well
+            logger.info("%s: dropped a request delivered before a reconnect", self.token)
+            return
+        super()._serve_request(payload, from_token, correlation_id, reply_to, settle)
 
-        self._on_management_message(message, lambda: io.post(ack))
+    def _before_request(self, settle: Callable[[], None]) -> None:
+        if isinstance(settle, _Ack):
+            self._take_over(settle.generation)
 
-    def _serve_request(self, *args: Any, **kwargs: Any) -> None:
-        if self.standby:
-            self._take_over()
-        super()._serve_request(*args, **kwargs)
-
-    def _take_over(self) -> None:
-        """Before the first request after the management connection was made: read the
+    def _take_over(self, generation: int) -> None:
+        """Before the first request of the management connection ``generation``: read the
         network's state that the manager active before left in the state queue."""
         io = self._management
         assert io is not None
         with self._activation:
-            generation = io.generation
             if self._active_generation == generation:
                 return
             state = io.call(_take_state, self.rpc_timeout)
+            if io.generation != generation:
+                raise ConnectFailed(f"{self.token}: the management connection was lost while "
+                                    "taking over")
+            self._active_generation = generation
             if state is not None:
-                self._state_sequence = int(state.get("sequence", 0))
-                self.metadata.replace(state.get("state", {}))
+                self._state_sequence = int(state["sequence"])
+                self.metadata.replace(state["state"])
                 logger.warning("%s: active; took over the metadata of %d metric(s) from %s",
                                self.token, len(self.metadata), state.get("manager", "?"))
             else:
                 logger.warning("%s: active; no shared state yet, sharing this manager's",
                                self.token)
                 self._share_state(self.metadata.dump())
-            self._active_generation = generation
             self.takeovers += 1
 
     def _share_state(self, state: dict[str, Any]) -> None:
         """Publish the whole metadata to the state queue (called by the store after every
-        change, in order); waits until it left, so the request's reply follows it."""
+        change, in order); waits until it left, so the request's reply follows it.
+
+        Only while active on the connection it took over on: a manager that lost its
+        connection meanwhile (and so, maybe, its place to another) publishes nothing, and
+        what it changed reaches the next active manager as the request, redelivered.
+        """
         io = self._management
         if io is None:
             return
+        generation = self._active_generation
         self._state_sequence += 1
         body = encode_json({"sequence": self._state_sequence, "manager": self.token,
                             "state": state})
-        io.publish(body, "", STATE_QUEUE, delivery_mode=2, app_id=self.token,
-                   content_type="application/json").result(self.rpc_timeout)
+
+        def publish(channel: Any) -> None:
+            if io.generation != generation:
+                raise ConnectFailed("the management connection was lost; not shared")
+            message = channel.prepare_message(body, None, "application/json", None, None,
+                                              {"delivery_mode": 2, "app_id": self.token})
+            channel.basic_publish(message, exchange="", routing_key=STATE_QUEUE)
+
+        io.submit(publish).result(self.rpc_timeout)
 
     def _on_start(self) -> None:
         data = IOThread(self._data_url, f"mqsync-{self.token}-data",
@@ -397,19 +423,28 @@ class Manager(Client):
         The caller has checked that ``from_token`` may use ``queue`` (:meth:`_owned_queue`).
         """
         is_new = declaration is None
-        declaration = new if declaration is None else declaration
+        if is_new and self.queue_type == "quorum" and self._data is not None and \
+                self._data.probe(_passive_declare(queue), self.rpc_timeout):
+            # made before the network had quorum queues (a transformer's fixed queue): it
+            # keeps its type, and the manager, which has no record of it, makes none
+            is_new, declaration = False, None
+        else:
+            declaration = new if declaration is None else declaration
 
         def declare_and_bind(channel: Any) -> None:
-            declaration.declare(channel, queue)
+            if declaration is not None:
+                declaration.declare(channel, queue)
             for name in names:
                 channel.queue_bind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
             for name in stale or ():
                 channel.queue_unbind(queue=queue, exchange=DATA_EXCHANGE, routing_key=name)
 
         self._on_data(declare_and_bind)
-        if is_new:  # remembered once the broker took it: a refused declare leaves no trace
+        if is_new and declaration is not None:
+            # remembered once the broker took it: a refused declare leaves no trace
             self.metadata.set_queue_arguments(queue, declaration.dump())
         logger.info("%s subscribed to %d metric(s) on %s (%s)%s", from_token, len(names), queue,
+                    "as it was" if declaration is None else
                     "durable" if declaration.durable else "auto-delete",
                     f", {len(stale)} unbound" if stale else "")
 
@@ -685,6 +720,40 @@ def _delete_queue(channel: Any, queue: str) -> None:
         channel._delete(queue)  # type: ignore[no-untyped-call]  # kombu leaves it unannotated
 
 
+class _Ack:
+    """Acks a request of the management queue on the IO thread, if its channel still is."""
+
+    __slots__ = ("io", "message", "generation")
+
+    def __init__(self, io: IOThread, message: Any):
+        self.io = io
+        self.message = message
+        self.generation = io.generation
+
+    def __call__(self) -> None:
+        self.io.post(self._ack)
+
+    def _ack(self, channel: Any) -> None:
+        if self.io.generation == self.generation:  # a delivery tag belongs to its channel
+            self.message.ack()
+
+
+def _check_state(state: Any) -> None:
+    """Raise InvalidMessage unless ``state`` is a shared state a MetadataStore takes."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
+        raise InvalidMessage("no 'state' object")
+    int(state["sequence"])
+    maps = state["state"]
+    for key in ("metrics", "queues", "databases"):
+        value = maps.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise InvalidMessage(f"'{key}' is not an object of objects")
+    transformers = maps.get("transformers", {})
+    if not isinstance(transformers, dict) or \
+            not all(isinstance(v, list) for v in transformers.values()):
+        raise InvalidMessage("'transformers' is not an object of arrays")
+
+
 def _take_state(channel: Any) -> dict[str, Any] | None:
     """IO thread: the newest state in the state queue (left there for the next manager);
     older ones (a requeue can leave two) are acked away, malformed ones dropped."""
@@ -696,9 +765,8 @@ def _take_state(channel: Any) -> dict[str, Any] | None:
         tag = message.delivery_info["delivery_tag"]
         try:
             state = decode_json(message.body)
+            _check_state(state)
             sequence = int(state["sequence"])
-            if not isinstance(state.get("state"), dict):
-                raise InvalidMessage("no 'state' object")
         except (InvalidMessage, KeyError, TypeError, ValueError) as error:
             logger.error("dropped a malformed message in %s: %s", STATE_QUEUE, error)
             channel.basic_reject(tag, requeue=False)
