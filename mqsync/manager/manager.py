@@ -130,23 +130,23 @@ class Manager(Client):
         if queue_type not in QUEUE_TYPES:
             raise ConfigError(f"invalid queue_type {str(queue_type)[:40]!r}: expected "
                               f"{' or '.join(QUEUE_TYPES)}")
-        url = check_url(join_urls(url))
-        if standby and not url.startswith(("amqp://", "amqps://")):
-            raise ConfigError("standby managers need a RabbitMQ broker (an amqp:// or "
-                              f"amqps:// URL), not {redact_url(url)!r}")
         # Its handlers run on a pool, so that one slow request holds up no other; the
         # stores they share guard themselves.
         kwargs.setdefault("serialize_callbacks", False)
         kwargs.setdefault("add_uuid", bool(standby))
         super().__init__(token, url, **kwargs)
+        network_url = self._url or ""  # checked, the nodes joined into one string
+        if standby and not network_url.startswith(("amqp://", "amqps://")):
+            raise ConfigError("standby managers need a RabbitMQ broker (an amqp:// or "
+                              f"amqps:// URL), not {redact_url(network_url)!r}")
         self.queue_type = queue_type
         self.standby = bool(standby)
         self.configs = config if isinstance(config, ConfigStore) else ConfigStore(config)
         self.metadata = MetadataStore(metadata_file,
                                       on_change=self._share_state if standby else None)
         data_url = None if data_url is None else check_url(join_urls(data_url))
-        self._data_url = data_url or url
-        self._data_url_given = data_url is not None and data_url != url
+        self._data_url = data_url or network_url
+        self._data_url_given = data_url is not None and data_url != network_url
         self._data: IOThread | None = None
         # standby: the management connection's generation whose state was taken over
         self._active_generation: int | None = None
