@@ -110,8 +110,10 @@ def test_a_source_and_a_sink_fail_over_when_their_node_goes(broker_url, manager)
                                                            broker_url.rsplit("/", 1)[1])
                 connections_on_b = b.connections
                 a.refuse()  # node A is down: every connection through it is cut
-                assert wait_until(lambda: source._data.failovers >= 1
-                                  and sink._data.failovers >= 1, timeout=30)
+                # both connections of both clients: management and data
+                assert wait_until(lambda: all(io.failovers >= 1 for io in (
+                    source._data, source._management, sink._data, sink._management)),
+                    timeout=30)
                 source.send_many(metric, list(range(T0 + 500, T0 + 1000)), [2.0] * 500)
                 source.flush(timeout=30)
                 assert wait_until(lambda: sink.distinct(metric) == 1000, timeout=30), \
